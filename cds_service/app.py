@@ -1,0 +1,135 @@
+"""The app factory: ``create_app(settings)`` builds the API; its lifespan opens the clients once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cds_service.catalogue import Catalogue
+from cds_service.deps import Components
+from cds_service.errors import BadRequest, CdsError
+from cds_service.metrics import Metrics
+from cds_service.prefetch import PrefetchResolver
+from cds_service.responses import JsonResponse
+from cds_service.routes import discovery, feedback, health, hooks
+from cds_service.security.ehr_jwt import EhrJwtVerifier, KeySource
+from cds_service.security.pseudonym import Pseudonymiser
+from cds_service.security.replay import ReplayGuard
+from cds_service.settings import Settings
+from cds_service.store.feedback import FeedbackStore
+from cds_service.store.redis_client import create_redis
+
+log = logging.getLogger(__name__)
+
+
+def _error_response(error: CdsError) -> JsonResponse:
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if error.status == 401 else None
+    return JsonResponse(error.operation_outcome(), status_code=error.status, headers=headers)
+
+
+async def _on_cds_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CdsError)  # noqa: S101 - registered for CdsError only
+    if exc.status >= 500:
+        log.warning("answered %s: %s", exc.status, type(exc).__name__)
+    return _error_response(exc)
+
+
+async def _on_http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
+    code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+    error = CdsError(str(exc.detail))
+    error.status, error.code = exc.status_code, code
+    return _error_response(error)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it only
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"][1:]) or None
+    return _error_response(BadRequest(f"{where}: {first['msg']}", expression=where))
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> Response:
+    # The traceback goes to the log by type only: a message may quote request content.
+    log.error("unexpected %s while answering", type(exc).__name__)
+    return _error_response(CdsError("internal error"))
+
+
+def build_components(
+    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient
+) -> Components:
+    metrics = Metrics()
+    replay = ReplayGuard(redis, metrics, settings.jwt.clock_skew_s)
+    verifier = EhrJwtVerifier(settings.jwt, KeySource(settings.jwt, http), replay, metrics)
+    return Components(
+        settings=settings,
+        redis=redis,
+        http=http,
+        metrics=metrics,
+        catalogue=Catalogue(),
+        verifier=verifier,
+        prefetch=PrefetchResolver(http, settings.fhir, metrics),
+        feedback=FeedbackStore(
+            redis, Pseudonymiser(settings.pseudonym_key), settings.feedback_retention_days
+        ),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis: aioredis.Redis | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> FastAPI:
+    """The API. Tests may pass their own Redis or HTTP client; otherwise the lifespan opens them."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_redis = redis is None
+        own_http = http is None
+        redis_client = redis if redis is not None else create_redis(settings)
+        http_client = http if http is not None else httpx.AsyncClient(follow_redirects=False)
+        app.state.components = build_components(settings, redis_client, http_client)
+        try:
+            yield
+        finally:
+            if own_http:
+                await http_client.aclose()
+            if own_redis:
+                await redis_client.aclose()
+
+    app = FastAPI(
+        title="Sepsis and deterioration CDS Hooks service",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None if settings.environment == "production" else "/docs",
+        redoc_url=None,
+    )
+    app.add_exception_handler(CdsError, _on_cds_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    if settings.cors_allow_origins:
+        # §Cross-Origin Resource Sharing: browser clients (the sandbox) preflight with these
+        # headers, on the call and feedback routes too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    for module in (discovery, hooks, feedback, health):
+        app.include_router(module.router)
+    return app

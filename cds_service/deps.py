@@ -1,0 +1,39 @@
+"""The long-lived objects of one app, and the FastAPI dependencies that hand them to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from cds_service.catalogue import Catalogue
+from cds_service.metrics import Metrics
+from cds_service.prefetch import PrefetchResolver
+from cds_service.security.ehr_jwt import EhrJwtVerifier
+from cds_service.settings import Settings
+from cds_service.store.feedback import FeedbackStore
+
+
+@dataclass
+class Components:
+    """Everything the lifespan opens once; routes never build clients of their own."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    http: httpx.AsyncClient
+    metrics: Metrics
+    catalogue: Catalogue
+    verifier: EhrJwtVerifier
+    prefetch: PrefetchResolver
+    feedback: FeedbackStore
+
+
+def _components(request: Request) -> Components:
+    components: Components = request.app.state.components
+    return components
+
+
+ComponentsDep = Annotated[Components, Depends(_components)]

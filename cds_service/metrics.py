@@ -1,0 +1,54 @@
+"""Prometheus metrics, one registry per app so that several apps (tests) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class Metrics:
+    """Every metric the API exports. Labels are fixed vocabularies: never an id or a claim value."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "cds_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.hook_latency = Histogram(
+            "cds_hook_latency_seconds",
+            "Time from request received to response ready for hook calls, by service.",
+            ["service"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.jwt_rejections = Counter(
+            "cds_jwt_rejections",
+            "EHR JWTs refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.replay_check_degraded = Counter(
+            "cds_jwt_replay_check_degraded",
+            "jti replay checks done in process memory because Redis did not answer.",
+            registry=self.registry,
+        )
+        self.prefetch = Counter(
+            "cds_prefetch_keys",
+            "How each prefetch key was met: prefetch, empty, partial, fetched or unavailable.",
+            ["service", "key", "source"],
+            registry=self.registry,
+        )
+        self.fhir_requests = Counter(
+            "cds_fhir_requests",
+            "Requests to EHR FHIR servers, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "cds_feedback_entries",
+            "Feedback entries received, by service, outcome and whether they were new.",
+            ["service", "outcome", "stored"],
+            registry=self.registry,
+        )

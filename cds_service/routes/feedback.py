@@ -1,0 +1,34 @@
+"""POST /cds-services/{id}/feedback (CDS Hooks 2.0.1 §Feedback)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from cds_service.body import read_json
+from cds_service.deps import ComponentsDep
+from cds_service.errors import NotFound
+from cds_service.hook_call import validate
+from cds_service.hooks_models import FeedbackRequest
+from cds_service.responses import JsonResponse
+
+router = APIRouter()
+
+
+@router.post("/cds-services/{service_id}/feedback")
+async def feedback(service_id: str, request: Request, c: ComponentsDep) -> JsonResponse:
+    service = c.catalogue.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id {service_id!r}", expression="id")
+    client = await c.verifier.authenticate(
+        request.headers.get("authorization"),
+        audience=f"{c.settings.base_url}/cds-services/{service.id}/feedback",
+        required=c.settings.jwt.required,
+    )
+    body = validate(FeedbackRequest, await read_json(request, c.settings.max_request_bytes))
+    caller = f"{client.iss}|{client.tenant or ''}" if client else None
+    result = await c.feedback.save(service.id, caller, body.feedback)
+    for outcome, stored in result.outcomes:
+        c.metrics.feedback.labels(
+            service=service.id, outcome=outcome, stored=str(stored).lower()
+        ).inc()
+    return JsonResponse({"received": result.received, "stored": result.stored})

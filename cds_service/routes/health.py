@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from cds_service.deps import ComponentsDep
+from cds_service.responses import JsonResponse
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> JsonResponse:
+    """Live: the process serves HTTP. Checks no dependency: a Redis outage must restart nothing."""
+    return JsonResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(c: ComponentsDep) -> JsonResponse:
+    """Ready: every part a call needs answers."""
+    try:
+        redis_ok = bool(await c.redis.ping())
+    except (RedisError, OSError):
+        redis_ok = False
+    checks = {"redis": "ok" if redis_ok else "unreachable"}
+    ready = all(v == "ok" for v in checks.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics")
+async def metrics(c: ComponentsDep) -> Response:
+    return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)

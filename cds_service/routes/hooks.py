@@ -1,0 +1,39 @@
+"""POST /cds-services/{id} (CDS Hooks 2.0.1 §Calling a CDS Service)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from cds_service.answer import answer
+from cds_service.body import read_json
+from cds_service.deps import ComponentsDep
+from cds_service.errors import NotFound
+from cds_service.hook_call import parse_hook_call
+from cds_service.responses import JsonResponse
+from cds_service.security.fhir_allowlist import fhir_access_for
+
+router = APIRouter()
+
+
+@router.post("/cds-services/{service_id}")
+async def call_service(service_id: str, request: Request, c: ComponentsDep) -> JsonResponse:
+    started = time.perf_counter()
+    service = c.catalogue.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id {service_id!r}", expression="id")
+    await c.verifier.authenticate(
+        request.headers.get("authorization"),
+        audience=f"{c.settings.base_url}/cds-services/{service.id}",
+        required=c.settings.jwt.required,
+    )
+    call = parse_hook_call(service, await read_json(request, c.settings.max_request_bytes))
+    auth = call.request.fhirAuthorization
+    access = fhir_access_for(
+        call.request.fhirServer, auth.access_token if auth else None, c.settings.fhir
+    )
+    prefetch = await c.prefetch.resolve(service, call.context_values, call.request.prefetch, access)
+    response = await answer(service, call, prefetch)
+    c.metrics.hook_latency.labels(service=service.id).observe(time.perf_counter() - started)
+    return JsonResponse(response.to_json())

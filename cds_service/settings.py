@@ -1,0 +1,207 @@
+"""The one place where everything configurable is declared.
+
+Environment variables use the prefix ``CDS_`` and ``__`` for nested groups, e.g.
+``CDS_JWT__CLOCK_SKEW_S=30``. ``REDIS_URL`` is also accepted unprefixed because that is the name
+platform teams and managed Redis offerings hand out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Secrets shipped as defaults; they only exist so that a laptop can start without set-up.
+PLACEHOLDER_PSEUDONYM_KEY = "development-only-pseudonymisation-key"
+
+
+def normalise_base_url(url: str) -> str:
+    """Lower-case scheme and host, drop a trailing slash: the form allow-lists are compared in."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"a base URL carries no query, fragment or credentials: {url!r}")
+    host = parts.hostname.lower()
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    if ":" in host:  # IPv6 literal
+        netloc = f"[{host}]:{parts.port}" if parts.port else f"[{host}]"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class TrustedIssuer(BaseModel):
+    """An EHR allowed to call this service, and where its signing keys come from."""
+
+    iss: str = Field(description="The `iss` claim the EHR puts in its JWTs, compared exactly.")
+    jwks_path: Path | None = Field(
+        default=None,
+        description="A JWK Set file exchanged out of band (CDS Hooks §Trusting CDS Clients).",
+    )
+    jwks: dict[str, object] | None = Field(default=None, description="The same JWK Set, inline.")
+    jku: str | None = Field(
+        default=None,
+        description="A JWK Set URL this issuer may name in `jku`; fetched only for this pair.",
+    )
+
+    @model_validator(mode="after")
+    def _has_a_key_source(self) -> TrustedIssuer:
+        if self.jwks_path is None and self.jwks is None and self.jku is None:
+            raise ValueError(f"issuer {self.iss!r} needs jwks_path, jwks or jku")
+        return self
+
+
+class JwtSettings(BaseModel):
+    """How the EHR's JWT (CDS Hooks 2.0.1 §Trusting CDS Clients) is checked."""
+
+    required: bool = Field(
+        default=True, description="Refuse hook and feedback calls that carry no JWT."
+    )
+    required_for_discovery: bool = Field(
+        default=False,
+        description="Refuse discovery without a JWT. A token presented is verified either way.",
+    )
+    issuers: list[TrustedIssuer] = Field(
+        default_factory=list, description="The allow-list of EHRs and their key sources."
+    )
+    clock_skew_s: int = Field(
+        default=60, ge=0, le=300, description="Leeway for `exp`, `iat` and `nbf` between clocks."
+    )
+    max_lifetime_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Longest accepted `exp` - `iat`; the spec's own example token lives 3.5 years.",
+    )
+    jwks_cache_ttl_s: int = Field(
+        default=300, ge=0, description="How long a fetched JWK Set is kept."
+    )
+    dev_trust_sandbox: bool = Field(
+        default=False,
+        description=(
+            "Trust the public CDS Hooks sandbox key. Its private key is public too, so this is "
+            "refused outside development."
+        ),
+    )
+    sandbox_jwks_path: Path = Field(
+        default=Path("../shared/cds-hooks/jwks-sandbox-public.json"),
+        description="Where the sandbox's public JWK Set lies when dev_trust_sandbox is on.",
+    )
+    sandbox_issuer: str = Field(
+        default="https://sandbox.cds-hooks.org", description="The sandbox's `iss` claim."
+    )
+
+
+class FhirSettings(BaseModel):
+    """Access to the EHR's FHIR server for data that was not prefetched."""
+
+    allowed_servers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Base URLs a `fhirAuthorization` token may be sent to, compared exactly after "
+            "normalisation. Any other `fhirServer` is never contacted."
+        ),
+    )
+    timeout_s: float = Field(
+        default=4.0, gt=0, description="Per-request timeout to the FHIR server."
+    )
+    max_pages: int = Field(
+        default=5, ge=1, description="Most `next` pages followed for one prefetch search."
+    )
+
+    @field_validator("allowed_servers")
+    @classmethod
+    def _normalise(cls, value: list[str]) -> list[str]:
+        return [normalise_base_url(url) for url in value]
+
+
+class Settings(BaseSettings):
+    """Every setting of the API, the workers and the dev runner."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        secrets_dir=None,
+    )
+
+    environment: Literal["development", "production"] = Field(
+        default="production",
+        description=(
+            "`development` allows placeholder secrets, http allow-list entries, the sandbox key."
+        ),
+    )
+    host: str = Field(default="127.0.0.1", description="Interface the API listens on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port the API listens on.")
+    public_base_url: str | None = Field(
+        default=None,
+        description=(
+            "The URL the EHR calls, as it sees it (behind an ingress it differs from host:port). "
+            "JWT `aud` is checked against it. Defaults to http://host:port."
+        ),
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CDS_REDIS_URL", "REDIS_URL"),
+        description="Redis for timelines, replay protection, feedback and the Celery broker.",
+    )
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="Socket timeout for Redis calls.")
+    pseudonym_key: SecretStr = Field(
+        default=SecretStr(PLACEHOLDER_PSEUDONYM_KEY),
+        description="Key of the HMAC that pseudonymises identifiers before they are stored.",
+    )
+    max_request_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Bodies above this get 413; a 200-Observation prefetch is about 200 kB.",
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call (the CDS Hooks sandbox is a browser app).",
+    )
+    log_json: bool = Field(default=True, description="JSON log lines (production) or plain text.")
+    log_level: str = Field(default="INFO", description="Root log level.")
+    feedback_retention_days: int = Field(
+        default=400, ge=1, description="How long feedback entries are kept in Redis."
+    )
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _normalise_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_base_url(value)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "development":
+            return self
+        if self.pseudonym_key.get_secret_value() == PLACEHOLDER_PSEUDONYM_KEY:
+            raise ValueError("CDS_PSEUDONYM_KEY must be set outside development")
+        if len(self.pseudonym_key.get_secret_value()) < 32:
+            raise ValueError("CDS_PSEUDONYM_KEY must be at least 32 characters")
+        if self.jwt.dev_trust_sandbox:
+            raise ValueError("CDS_JWT__DEV_TRUST_SANDBOX is for development only")
+        plain = [u for u in self.fhir.allowed_servers if u.startswith("http://")]
+        if any(not is_loopback_url(u) for u in plain):
+            raise ValueError(f"FHIR servers must use https outside development: {plain}")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL without a trailing slash."""
+        return self.public_base_url or f"http://{self.host}:{self.port}"
