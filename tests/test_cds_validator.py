@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from cds_validator import (
     MAX_SUMMARY_CHARS,
     response_warnings,
