@@ -115,7 +115,8 @@ class FhirTestServer:
     def answer(self, path: str) -> tuple[int, Any]:
         if path.startswith(self.base_path):
             relative = path[len(self.base_path) :].lstrip("/")
-            for prefix, handler in self.routes.items():
+            # The longest matching prefix wins, e.g. "Observation?page=2" over "Observation?".
+            for prefix, handler in sorted(self.routes.items(), key=lambda r: -len(r[0])):
                 if relative.startswith(prefix):
                     if callable(handler):
                         result = handler(relative)
@@ -183,6 +184,7 @@ class EhrKey:
         for name in drop:
             payload.pop(name, None)
         header = {"kid": self.kid, "typ": "JWT", **(headers or {})}
+        header = {name: value for name, value in header.items() if value is not None}
         return jwt.encode(payload, self.private, algorithm=self.alg, headers=header)
 
 

@@ -1,4 +1,4 @@
-"""The public CDS Hooks examples against the running service, over HTTP (real uvicorn, real Redis)."""
+"""The public CDS Hooks examples against the running service over HTTP (real uvicorn and Redis)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from cds_validator import validate_discovery, validate_response
 from support import CDS_EXAMPLES, SHARED_MISSING, Caller, FhirTestServer, LiveApi, load_example
 
