@@ -31,7 +31,7 @@ class Components:
     feedback: FeedbackStore
 
 
-def _components(request: Request) -> Components:
+async def _components(request: Request) -> Components:
     components: Components = request.app.state.components
     return components
 
