@@ -18,8 +18,10 @@ from starlette.responses import Response
 from cds_service.catalogue import Catalogue
 from cds_service.deps import Components
 from cds_service.errors import BadRequest, CdsError
+from cds_service.logging_setup import quiet_identifying_loggers
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
+from cds_service.request_id import RequestIdMiddleware
 from cds_service.responses import JsonResponse
 from cds_service.routes import discovery, feedback, health, hooks
 from cds_service.security.ehr_jwt import EhrJwtVerifier, KeySource
@@ -108,6 +110,7 @@ def create_app(
             if own_redis:
                 await redis_client.aclose()
 
+    quiet_identifying_loggers()
     app = FastAPI(
         title="Sepsis and deterioration CDS Hooks service",
         version="0.1.0",
@@ -130,6 +133,7 @@ def create_app(
             allow_credentials=False,
             max_age=600,
         )
+    app.add_middleware(RequestIdMiddleware)
     for module in (discovery, hooks, feedback, health):
         app.include_router(module.router)
     return app

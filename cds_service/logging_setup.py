@@ -11,6 +11,8 @@ import logging
 import time
 from typing import Any
 
+from cds_service.request_id import request_id
+
 _QUIET_PATHS = ('"GET /healthz', '"GET /readyz', '"GET /metrics')
 _configured = False
 
@@ -23,6 +25,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "request_id": request_id.get(),
         }
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = record.exc_info[0].__name__
@@ -45,6 +48,17 @@ class _NoQueryString(logging.Filter):
                 args[2] = args[2].split("?", 1)[0]
             record.args = tuple(args)
         return True
+
+
+#: Libraries that log request URLs at INFO/DEBUG: a FHIR search URL names the patient.
+_IDENTIFYING_LOGGERS = ("httpx", "httpcore", "hpack", "urllib3")
+
+
+def quiet_identifying_loggers() -> None:
+    """Cap the loggers that would write FHIR URLs (``?patient=...``) at WARNING, whatever the
+    logging configuration says; idempotent and done by ``create_app`` itself."""
+    for name in _IDENTIFYING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
