@@ -42,7 +42,7 @@ def validate(model: type[M], data: object, prefix: str = "") -> M:
     except ValidationError as exc:
         problems: list[tuple[str | None, str]] = []
         for error in exc.errors(include_url=False, include_input=False):
-            # A model-level rule has no field location; `ctx` carries the rule's own words.
+            # A rule on the whole model has an empty location: it is reported without one.
             where = _location(tuple(error["loc"]), prefix) or None
             message = error["msg"].removeprefix("Value error, ")
             problems.append((where, f"{where}: {message}" if where else message))
