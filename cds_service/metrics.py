@@ -52,3 +52,26 @@ class Metrics:
             ["service", "outcome", "stored"],
             registry=self.registry,
         )
+        self.observations = Counter(
+            "cds_observations",
+            "Observation values from prefetch and FHIR reads, by what became of them.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.partial_history = Counter(
+            "cds_partial_history",
+            "Hook calls scored from prefetch alone because the Redis timeline was unavailable.",
+            registry=self.registry,
+        )
+        self.score_not_shown = Counter(
+            "cds_score_not_shown",
+            "Scores not shown because the patient is outside the score's population, by reason.",
+            ["score", "reason"],
+            registry=self.registry,
+        )
+        self.cards = Counter(
+            "cds_cards",
+            "Cards returned, by service and indicator.",
+            ["service", "indicator"],
+            registry=self.registry,
+        )

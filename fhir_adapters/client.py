@@ -1,15 +1,31 @@
-"""A small async FHIR R4 client over one shared ``httpx.AsyncClient``: read, search, paging.
+"""A small async FHIR R4 client over one shared ``httpx.AsyncClient``: reads, searches, retries.
 
 It is bound to one base URL and never sends its token anywhere else: a ``next`` link that points
 outside the base URL ends paging instead of being followed (a Bundle is data from the network and
-its links are not trusted).
+its links are not trusted), and redirects are never followed.
+
+Transient failures (429, 5xx gateway/unavailable answers, connection errors, timeouts) are retried a
+bounded number of times with exponential backoff and jitter, honouring ``Retry-After`` up to a cap.
+A client is cheap (it wraps the shared httpx client), so make one per hook call or per task: its
+optional deadline counts from construction and bounds everything done through it.
+
+Nothing here logs a URL, a query or a token: FHIR URLs carry patient ids. Log lines are fixed
+messages with status codes and exception class names only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import math
+import random
+import re
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 import orjson
@@ -21,8 +37,21 @@ log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 
+# 429 (RFC 6585 §4) and 503 (RFC 9110 §15.6.4) say "later"; 500/502/504 are usually a proxy or a
+# restarting node. A read is idempotent, so retrying any of them is safe; other 5xx (501, 505) are
+# answers about the request itself and are not retried.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Network-level failures worth another try; other httpx errors (an unsupported scheme, a bad URL)
+# would fail the same way again.
+_RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
+
 
 class FhirClient:
+    """FHIR reads and searches against one base URL, with the token sent only there."""
+
     def __init__(
         self,
         http: httpx.AsyncClient,
@@ -30,12 +59,25 @@ class FhirClient:
         token: SecretStr | None,
         timeout_s: float,
         max_pages: int,
+        *,
+        retries: int = 2,
+        backoff_s: float = 0.2,
+        max_retry_after_s: float = 2.0,
+        deadline_s: float | None = None,
     ) -> None:
+        if timeout_s <= 0 or max_pages < 0 or retries < 0 or backoff_s < 0:
+            raise ValueError("timeout_s must be positive; max_pages, retries, backoff_s not < 0")
+        if max_retry_after_s < 0 or (deadline_s is not None and deadline_s <= 0):
+            raise ValueError("max_retry_after_s must not be negative and deadline_s positive")
         self._http = http
         self._base = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout_s
         self._max_pages = max_pages
+        self._retries = retries
+        self._backoff = backoff_s
+        self._max_retry_after = max_retry_after_s
+        self._deadline = None if deadline_s is None else time.monotonic() + deadline_s
 
     def is_within(self, url: str) -> bool:
         """True when ``url`` lies under this client's base URL (same scheme, host, port, path)."""
@@ -46,46 +88,12 @@ class FhirClient:
 
     async def get(self, relative_or_absolute: str) -> dict[str, Any]:
         """GET one resource (a read or one page of a search) as a JSON object."""
-        url = urljoin(self._base + "/", relative_or_absolute.lstrip("/"))
-        if not self.is_within(url):
-            raise FhirBadResponse("refusing to send a request outside the FHIR server's base URL")
-        headers = {"Accept": FHIR_JSON}
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
-        try:
-            response = await self._http.get(url, headers=headers, timeout=self._timeout)
-        except httpx.HTTPError as exc:
-            raise FhirUnavailable(f"FHIR server did not answer: {type(exc).__name__}") from exc
-        if response.status_code in (404, 410):
-            raise FhirNotFound(f"FHIR server answered {response.status_code}")
-        if response.status_code == 429 or response.status_code >= 500:
-            raise FhirUnavailable(f"FHIR server answered {response.status_code}")
-        if response.status_code >= 400:
-            raise FhirBadResponse(f"FHIR server answered {response.status_code}")
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise FhirBadResponse("FHIR server answered with something that is not JSON") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
-            raise FhirBadResponse("FHIR server answered JSON that is not a FHIR resource")
-        return body
+        return await self._get_json(urljoin(self._base + "/", relative_or_absolute.lstrip("/")))
 
     async def complete_bundle(self, bundle: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Follow ``next`` links of a searchset, appending entries; True when it ended complete."""
-        entries = list(bundle.get("entry") or [])
-        page = bundle
-        for _ in range(self._max_pages):
-            next_url = next_link(page)
-            if next_url is None:
-                return {**bundle, "entry": entries, "link": _without_next(bundle)}, True
-            if not self.is_within(next_url):
-                log.warning("ignored a next link that points outside the FHIR server")
-                break
-            page = await self.get(next_url)
-            if page.get("resourceType") != "Bundle":
-                raise FhirBadResponse("a next page was not a Bundle")
-            entries.extend(page.get("entry") or [])
-        complete = next_link(page) is None
+        pages, complete = await self._follow(bundle)
+        entries = [entry for page in pages for entry in page.get("entry") or []]
         return {**bundle, "entry": entries, "link": _without_next(bundle)}, complete
 
     async def search(self, query: str) -> tuple[dict[str, Any], bool]:
@@ -95,13 +103,230 @@ class FhirClient:
             raise FhirBadResponse("a search did not answer with a Bundle")
         return await self.complete_bundle(first)
 
+    async def search_since(
+        self, resource_type: str, params: dict[str, str], since: datetime | None
+    ) -> tuple[list[dict[str, Any]], datetime | None, bool]:
+        """Search ``resource_type`` for resources changed after the watermark ``since``.
+
+        Returns the matching entries (deduplicated by id, oldest first), the watermark to store
+        once they are merged, and whether every page was read. The watermark is None when nothing
+        newer than ``since`` was seen, so the caller keeps its old one. When paging stopped early
+        the watermark only covers what is certainly read (see ``_watermark``).
+        """
+        if not _RESOURCE_TYPE.fullmatch(resource_type):
+            raise ValueError("resource_type must be a FHIR resource type name")
+        if {"_lastUpdated", "_sort"} & params.keys():
+            raise ValueError("search_since sets _lastUpdated and _sort itself")
+        # Ascending _lastUpdated makes every prefix of the result a consistent "everything up to
+        # T", which is what lets a partial read still advance the watermark safely.
+        query = {**params, "_sort": "_lastUpdated"}
+        if since is not None:
+            if since.tzinfo is None:
+                raise ValueError("since must be timezone-aware (a FHIR instant has a zone)")
+            query["_lastUpdated"] = f"gt{since.isoformat()}"
+        first = await self.get(f"{resource_type}?{urlencode(query)}")
+        if first.get("resourceType") != "Bundle":
+            raise FhirBadResponse("a search did not answer with a Bundle")
+        pages, complete = await self._follow(first)
+        found: dict[str, dict[str, Any]] = {}
+        for page in pages:
+            for i, entry in enumerate(page.get("entry") or []):
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                # Only matches: search.mode "include" / "outcome" entries are other resource types.
+                if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+                    continue
+                key = resource.get("id") or entry.get("fullUrl") or f"#{len(found)}:{i}"
+                # A resource updated while we paged can appear twice; the later copy is newer.
+                found.pop(key, None)
+                found[key] = entry
+        entries = list(found.values())
+        newest = _watermark([_last_updated(e["resource"]) for e in entries], complete)
+        if newest is not None and since is not None and newest <= since:
+            newest = None
+        return entries, newest, complete
+
+    async def _follow(self, first: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """The pages of a searchset from ``first`` on; True when the last one had no next link."""
+        pages = [first]
+        seen: set[str] = set()
+        for _ in range(self._max_pages):
+            link = next_link(pages[-1])
+            if link is None:
+                return pages, True
+            # Relative links are relative to the service base (FHIR R4 §3.1.0.1.1 / RFC 3986).
+            url = urljoin(self._base + "/", link)
+            if not self.is_within(url):
+                log.warning("ignored a next link that points outside the FHIR server")
+                return pages, False
+            if url in seen:
+                log.warning("ignored a next link that repeats an earlier page")
+                return pages, False
+            seen.add(url)
+            page = await self._get_json(url)
+            if page.get("resourceType") != "Bundle":
+                raise FhirBadResponse("a next page was not a Bundle")
+            pages.append(page)
+        return pages, next_link(pages[-1]) is None
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        """GET ``url`` (which must lie under the base URL) with retries; the body as JSON."""
+        if not self.is_within(url):
+            raise FhirBadResponse("refusing to send a request outside the FHIR server's base URL")
+        headers = {"Accept": FHIR_JSON}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        attempts = self._retries + 1
+        for attempt in range(attempts):
+            cause: Exception | None = None
+            retry_after: float | None = None
+            try:
+                response = await self._send(url, headers)
+            except _RETRY_EXCEPTIONS as exc:
+                cause, what = exc, type(exc).__name__
+                failure = FhirUnavailable(f"FHIR server did not answer: {what}")
+            except httpx.HTTPError as exc:
+                raise FhirUnavailable(f"FHIR request failed: {type(exc).__name__}") from exc
+            else:
+                status = response.status_code
+                if status not in RETRY_STATUSES:
+                    return _parse(response)
+                what = str(status)
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                failure = FhirUnavailable(
+                    f"FHIR server answered {status}", status=status, retry_after_s=retry_after
+                )
+                if retry_after is not None and retry_after > self._max_retry_after:
+                    # Waiting that long would hold up a clinician's hook call; give up now and
+                    # let the caller (or a worker's own schedule) decide when to come back.
+                    log.warning(
+                        "FHIR server answered %s asking for %.1f s, over the %.1f s cap",
+                        status,
+                        retry_after,
+                        self._max_retry_after,
+                    )
+                    raise failure
+            if attempt + 1 == attempts:
+                raise failure from cause
+            delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
+            if delay >= self._remaining():
+                raise FhirUnavailable(
+                    "the deadline for FHIR requests would pass before a retry",
+                    status=failure.status,
+                    retry_after_s=retry_after,
+                ) from cause
+            log.info("FHIR request failed (%s); retry %d of %d", what, attempt + 1, self._retries)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    async def _send(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        """One GET, bounded by the per-request timeout and by what is left of the deadline."""
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise FhirUnavailable("the deadline for FHIR requests has passed")
+        # follow_redirects=False per request, whatever the shared client says: a redirect could
+        # carry the Authorization header to another server.
+        request = self._http.get(
+            url, headers=headers, timeout=min(self._timeout, remaining), follow_redirects=False
+        )
+        if self._deadline is None:
+            return await request
+        try:
+            # httpx's timeout bounds each phase (connect, write, read) on its own; this bounds
+            # the whole exchange, so a trickling answer cannot outlast the deadline.
+            async with asyncio.timeout(remaining):
+                return await request
+        except TimeoutError as exc:
+            raise FhirUnavailable("the deadline for FHIR requests passed during a request") from exc
+
+    def _remaining(self) -> float:
+        return math.inf if self._deadline is None else self._deadline - time.monotonic()
+
+    def _backoff_delay(self, attempt: int) -> float:
+        # "Equal jitter": half fixed, half random, so clients that failed together spread out
+        # without any of them retrying at once.
+        base = self._backoff * 2.0**attempt
+        return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter needs no secrecy
+
 
 def next_link(bundle: dict[str, Any]) -> str | None:
+    """The ``next`` link of a Bundle, as written (maybe relative), or None when there is none."""
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
             return url if isinstance(url, str) and url else None
     return None
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delay-seconds or HTTP-date); None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    # RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds, delay-seconds = 1*DIGIT.
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # "-0000" parses naive; HTTP-dates are all GMT anyway
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _parse(response: httpx.Response) -> dict[str, Any]:
+    """Map a non-retried answer to a FHIR resource or to one of the adapter errors."""
+    status = response.status_code
+    if status in (404, 410):
+        raise FhirNotFound(f"FHIR server answered {status}", status=status)
+    if status >= 500:
+        raise FhirUnavailable(f"FHIR server answered {status}", status=status)
+    if status >= 400:
+        raise FhirBadResponse(f"FHIR server answered {status}", status=status)
+    if 300 <= status < 400:
+        raise FhirBadResponse(
+            f"FHIR server answered a redirect ({status}), not followed", status=status
+        )
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise FhirBadResponse("FHIR server answered with something that is not JSON") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        raise FhirBadResponse("FHIR server answered JSON that is not a FHIR resource")
+    return body
+
+
+def _last_updated(resource: dict[str, Any]) -> datetime | None:
+    """``meta.lastUpdated`` as an aware datetime, or None when absent or not an instant."""
+    meta = resource.get("meta")
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else None
+
+
+def _watermark(stamps: list[datetime | None], complete: bool) -> datetime | None:
+    """The newest lastUpdated that is safe to store as the next ``gt`` watermark.
+
+    After a complete read that is simply the newest seen. After a partial read, resources sharing
+    the newest timestamp may continue on the unread page, and ``gt`` would then skip them; so the
+    watermark stops just before that last group (re-reading it next time is harmless, merging is
+    idempotent). If the server did not sort by _lastUpdated, a partial read says nothing about what
+    is left, so the watermark does not move at all.
+    """
+    known = [s for s in stamps if s is not None]
+    if not known:
+        return None
+    if complete:
+        return max(known)
+    if any(later < earlier for earlier, later in itertools.pairwise(known)):
+        return None
+    older = [s for s in known if s < known[-1]]
+    return older[-1] if older else None
 
 
 def _without_next(bundle: dict[str, Any]) -> list[Any]:

@@ -1,0 +1,1 @@
+"""CDS Hooks cards built from scores and model outputs: one module per service's card."""
