@@ -224,23 +224,26 @@ def canonicalise(
     Parts of a summed variable (the GCS eye, verbal and motor scores) become the total only when
     all parts sit in this one Observation: parts charted separately are counted, not guessed at.
     """
+    codes = index or default_index()
     stats.observations += 1
+    mapped = [
+        (raw, mapping)
+        for raw in (obs.main, *obs.components)
+        if (mapping := _mapping(raw.codings, codes)) is not None
+    ]
+    if not mapped:
+        _count_unmapped(obs.main.codings, stats)
+        return []
     if obs.status in SKIPPED_STATUSES:
         stats.skipped_status += 1
         return []
     if obs.time is None:
         stats.no_time += 1
         return []
-    codes = index or default_index()
     who = patient or obs.patient or ""
     found: list[CanonicalObservation] = []
     parts: dict[str, list[float]] = {}
-    matched = False
-    for raw in (obs.main, *obs.components):
-        mapping = _mapping(raw.codings, codes)
-        if mapping is None:
-            continue
-        matched = True
+    for raw, mapping in mapped:
         value = _value_of(raw, mapping, stats)
         if value is None:
             continue
@@ -269,10 +272,21 @@ def canonicalise(
                 patient=who, variable=name, time=obs.time, value=sum(values), source=obs.source
             )
         )
-    if not matched:
-        for system, code in obs.main.codings[:1] or (("", ""),):
-            stats.unmapped[(system, code)] += 1
     return found
+
+
+def _count_unmapped(codings: tuple[tuple[str, str], ...], stats: MappingStats) -> None:
+    stats.unmapped[codings[0] if codings else ("", "")] += 1
+
+
+def _any_mapped(resource: dict[str, Any], codes: CodeIndex) -> bool:
+    """Whether any code of the Observation or its components is one we read (cheap pre-check)."""
+    if _mapping(_codings(resource.get("code")), codes) is not None:
+        return True
+    return any(
+        isinstance(c, dict) and _mapping(_codings(c.get("code")), codes) is not None
+        for c in resource.get("component") or ()
+    )
 
 
 def map_observations(
@@ -286,5 +300,11 @@ def map_observations(
     found: list[CanonicalObservation] = []
     for document in documents:
         for resource, full_url in observations_in(document):
+            # Most codes in a real feed are ones we do not read (height, pain, BMI ...): count
+            # them without extracting the rest, exactly as `canonicalise` would.
+            if not _any_mapped(resource, codes):
+                stats.observations += 1
+                _count_unmapped(_codings(resource.get("code")), stats)
+                continue
             found.extend(canonicalise(extract(resource, full_url), stats, patient, codes))
     return found
