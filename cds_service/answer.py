@@ -2,14 +2,87 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from cds_service.cards.deterioration import build_deterioration_card
 from cds_service.catalogue import CdsService
+from cds_service.clinical_data import ClinicalData, PatientData
 from cds_service.hook_call import HookCall
-from cds_service.hooks_models import HookResponse
+from cds_service.hooks_models import Card, HookResponse
+from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResult
+from cds_service.scores import TimedValue, Vitals
+from cds_service.scores.news2 import score_news2
+from cds_service.scores.qsofa import score_qsofa
+
+DETERIORATION = "deterioration-patient-view"
+_PARTIAL_HISTORY = (
+    "**Partial history:** the service's patient timeline was unavailable, so this is based on the "
+    "prefetched data of this call alone."
+)
 
 
-async def answer(service: CdsService, call: HookCall, data: PrefetchResult) -> HookResponse:
-    """No cards yet: scoring arrives with the model and NEWS2 work, and a card without a validated
-    model behind it would be a placeholder risk, which a clinician must never see."""
-    del service, call, data
-    return HookResponse(cards=[])
+def recent_values(data: PatientData, lookback: timedelta) -> Vitals:
+    """The newest value of each variable no older than ``lookback``."""
+    since = data.now - lookback
+    return {
+        name: TimedValue(value=obs.value, time=obs.time)
+        for name, obs in data.latest.items()
+        if obs.time >= since
+    }
+
+
+def _why_not(data: PatientData) -> str:
+    """A fixed label for the metric (the result's own reason is a sentence)."""
+    age = data.facts.age_years
+    if age is None:
+        return "age-unknown"
+    return "under-16" if age < 16 else "pregnant"
+
+
+class Answerer:
+    def __init__(
+        self,
+        data: ClinicalData,
+        metrics: Metrics,
+        news2_lookback: timedelta,
+        news2_show_low: bool,
+    ) -> None:
+        self._data = data
+        self._metrics = metrics
+        self._lookback = news2_lookback
+        self._show_low = news2_show_low
+
+    async def answer(
+        self, service: CdsService, call: HookCall, prefetch: PrefetchResult, now: datetime
+    ) -> HookResponse:
+        data = await self._data.assemble(call.context.patientId, prefetch, now)
+        cards: list[Card] = []
+        if service.id == DETERIORATION:
+            card = self._deterioration(data)
+            if card is not None:
+                cards.append(card)
+        # The sepsis services merge the data into the timeline but show nothing yet: a card
+        # without a validated model behind it would be a placeholder risk.
+        for card in cards:
+            self._metrics.cards.labels(service=service.id, indicator=card.indicator).inc()
+        return HookResponse(cards=cards)
+
+    def _deterioration(self, data: PatientData) -> Card | None:
+        values = recent_values(data, self._lookback)
+        news2 = score_news2(
+            values,
+            age_years=data.facts.age_years,
+            pregnant=data.facts.pregnant,
+            spo2_scale2=data.facts.spo2_scale2,
+            now=data.now,
+        )
+        if not news2.eligible:
+            self._metrics.score_not_shown.labels(score="news2", reason=_why_not(data)).inc()
+            return None
+        card = build_deterioration_card(
+            news2, score_qsofa(values), lookback=self._lookback, show_low=self._show_low
+        )
+        if card is not None and data.history == "prefetch-only":
+            card = card.model_copy(update={"detail": f"{card.detail}\n\n{_PARTIAL_HISTORY}"})
+        return card

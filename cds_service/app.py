@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 import redis.asyncio as aioredis
@@ -15,7 +16,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
+from cds_service.clinical_data import ClinicalData
 from cds_service.deps import Components
 from cds_service.errors import BadRequest, CdsError
 from cds_service.logging_setup import quiet_identifying_loggers
@@ -30,6 +33,14 @@ from cds_service.security.replay import ReplayGuard
 from cds_service.settings import Settings
 from cds_service.store.feedback import FeedbackStore
 from cds_service.store.redis_client import create_redis
+from cds_service.store.timeline import TimelineStore
+from fhir_adapters.site_codes import (
+    BUILTIN_MAPS,
+    CodeIndex,
+    load_builtin_site_map,
+    load_site_map,
+)
+from fhir_adapters.variables import VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,23 @@ def build_components(
     metrics = Metrics()
     replay = ReplayGuard(redis, metrics, settings.jwt.clock_skew_s)
     verifier = EhrJwtVerifier(settings.jwt, KeySource(settings.jwt, http), replay, metrics)
+    pseudonymiser = Pseudonymiser(settings.pseudonym_key)
+    codes = CodeIndex(
+        [
+            *(load_builtin_site_map(name) for name in BUILTIN_MAPS),
+            *(load_site_map(path) for path in settings.site_maps),
+        ]
+    )
+    timeline = TimelineStore(
+        redis, pseudonymiser, VARIABLES, retention_s=settings.timeline_retention_h * 3600
+    )
+    data = ClinicalData(timeline, metrics, window=timedelta(hours=24), codes=codes)
+    answerer = Answerer(
+        data,
+        metrics,
+        news2_lookback=timedelta(hours=settings.news2_lookback_h),
+        news2_show_low=settings.news2_show_low,
+    )
     return Components(
         settings=settings,
         redis=redis,
@@ -81,9 +109,8 @@ def build_components(
         catalogue=Catalogue(),
         verifier=verifier,
         prefetch=PrefetchResolver(http, settings.fhir, metrics),
-        feedback=FeedbackStore(
-            redis, Pseudonymiser(settings.pseudonym_key), settings.feedback_retention_days
-        ),
+        feedback=FeedbackStore(redis, pseudonymiser, settings.feedback_retention_days),
+        answerer=answerer,
     )
 
 

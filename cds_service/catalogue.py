@@ -40,6 +40,17 @@ ACTIVE_ENCOUNTER = PrefetchTemplate(
     required=False,
     resource_type="Bundle",
 )
+# Pregnancy (NEWS2 is not validated in it) and an SpO2 target range (NEWS2 Scale 2).
+CONDITIONS = PrefetchTemplate(
+    "Condition?patient={{context.patientId}}&clinical-status=active",
+    required=False,
+    resource_type="Bundle",
+)
+GOALS = PrefetchTemplate(
+    "Goal?patient={{context.patientId}}&lifecycle-status=active",
+    required=False,
+    resource_type="Bundle",
+)
 CONTEXT_ENCOUNTER = PrefetchTemplate(
     "Encounter/{{context.encounterId}}", required=False, resource_type="Encounter"
 )
@@ -132,10 +143,16 @@ SERVICES: tuple[CdsService, ...] = (
         title="Deterioration early warning (NEWS2)",
         description=(
             "National Early Warning Score 2 (Royal College of Physicians, 2017) from the patient's "
-            "own recent vital signs, for adults. Until the score is computed here the service "
-            "answers with no cards."
+            "own recent vital signs, for adults who are not pregnant: a warning card at 5-6 or a "
+            "single parameter scoring 3, a critical card at 7 or more, each parameter listed."
         ),
-        prefetch={"patient": PATIENT, "encounter": ACTIVE_ENCOUNTER, "vitals": VITALS},
+        prefetch={
+            "patient": PATIENT,
+            "encounter": ACTIVE_ENCOUNTER,
+            "vitals": VITALS,
+            "conditions": CONDITIONS,
+            "goals": GOALS,
+        },
     ),
 )
 

@@ -19,6 +19,7 @@ from cds_service.prefetch import PrefetchResult
 from cds_service.store.timeline import TimelineStore
 from fhir_adapters.canonical import CanonicalObservation
 from fhir_adapters.observations import MappingStats, map_observations
+from fhir_adapters.site_codes import CodeIndex
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,13 @@ def latest_values(observations: list[CanonicalObservation]) -> dict[str, Canonic
 
 
 class ClinicalData:
-    def __init__(self, timeline: TimelineStore, metrics: Metrics, window: timedelta) -> None:
+    def __init__(
+        self, timeline: TimelineStore, metrics: Metrics, window: timedelta, codes: CodeIndex
+    ) -> None:
         self._timeline = timeline
         self._metrics = metrics
         self._window = window
+        self._codes = codes
 
     def _count(self, stats: MappingStats) -> None:
         counter = self._metrics.observations
@@ -67,7 +71,10 @@ class ClinicalData:
     async def assemble(self, patient: str, prefetch: PrefetchResult, now: datetime) -> PatientData:
         stats = MappingStats()
         mapped = map_observations(
-            (prefetch.resources.get(key) for key in OBSERVATION_KEYS), stats, patient=patient
+            (prefetch.resources.get(key) for key in OBSERVATION_KEYS),
+            stats,
+            patient=patient,
+            index=self._codes,
         )
         self._count(stats)
         latest_allowed = now + FUTURE_TOLERANCE

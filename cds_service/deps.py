@@ -9,6 +9,7 @@ import httpx
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
+from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
@@ -29,6 +30,7 @@ class Components:
     verifier: EhrJwtVerifier
     prefetch: PrefetchResolver
     feedback: FeedbackStore
+    answerer: Answerer
 
 
 async def _components(request: Request) -> Components:

@@ -113,6 +113,8 @@ class PrefetchResolver:
             access.token,
             timeout_s=self._settings.timeout_s,
             max_pages=self._settings.max_pages,
+            retries=self._settings.hook_retries,
+            deadline_s=self._settings.hook_deadline_s,
         )
 
     async def resolve(

@@ -115,6 +115,14 @@ class FhirSettings(BaseModel):
             "normalisation. Any other `fhirServer` is never contacted."
         ),
     )
+    hook_retries: int = Field(
+        default=1, ge=0, description="Retries of a failed FHIR read during a hook call."
+    )
+    hook_deadline_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Most time a hook call spends on FHIR reads in all (the EHR waits for it).",
+    )
     timeout_s: float = Field(
         default=4.0, gt=0, description="Per-request timeout to the FHIR server."
     )
@@ -177,6 +185,26 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="Root log level.")
     feedback_retention_days: int = Field(
         default=400, ge=1, description="How long feedback entries are kept in Redis."
+    )
+    timeline_retention_h: int = Field(
+        default=72, ge=1, le=24 * 14, description="How long each patient's observations are kept."
+    )
+    news2_lookback_h: float = Field(
+        default=12,
+        gt=0,
+        le=72,
+        description=(
+            "NEWS2 uses the newest value of each parameter no older than this; older ones count "
+            "as missing. Our choice, not the RCP's: each parameter's time is shown on the card."
+        ),
+    )
+    news2_show_low: bool = Field(
+        default=False,
+        description="Show an info card for a low NEWS2 (RCP 2017: 0-4, no red score).",
+    )
+    site_maps: list[Path] = Field(
+        default_factory=list,
+        description="TOML files mapping local codes to variables, beside LOINC and the built-ins.",
     )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 
-from cds_service.answer import answer
 from cds_service.body import read_json
 from cds_service.deps import ComponentsDep
 from cds_service.errors import NotFound
@@ -34,6 +34,6 @@ async def call_service(service_id: str, request: Request, c: ComponentsDep) -> J
         call.request.fhirServer, auth.access_token if auth else None, c.settings.fhir
     )
     prefetch = await c.prefetch.resolve(service, call.context_values, call.request.prefetch, access)
-    response = await answer(service, call, prefetch)
+    response = await c.answerer.answer(service, call, prefetch, datetime.now(UTC))
     c.metrics.hook_latency.labels(service=service.id).observe(time.perf_counter() - started)
     return JsonResponse(response.to_json())
