@@ -20,10 +20,13 @@ Choices this module makes, because the chart is a paper form and our inputs are 
   spontaneously, oriented, obeying) is by definition Alert and scores 0; a GCS below 15 is *not*
   turned into "new confusion", because a chronically reduced GCS is not new confusion and a GCS
   of 6 is not confusion at all. Consciousness is then reported missing with a note naming the GCS.
-* **Air or oxygen.** ``supplemental_oxygen`` decides when present. Without it, an FiO2 above
-  0.21 or an oxygen flow above 0 L/min documents oxygen; an FiO2 of 0.21 or a flow of 0
-  documents air. With none of the three, the parameter is missing (and on Scale 2 an SpO2 of
-  93 % or more cannot be scored either, since its points depend on it).
+* **Air or oxygen.** ``supplemental_oxygen``, an FiO2 above 0.21 or an oxygen flow above
+  0 L/min documents oxygen; the flag at 0, an FiO2 of 0.21 or a flow of 0 documents air. Any
+  record of oxygen in the window outweighs a record of air, whichever is newer: scoring a
+  patient just weaned off oxygen 2 points too high is the safer error than missing the oxygen of
+  a patient whose room-air flag is stale. With none of the three, the parameter is missing
+  (and on Scale 2 an SpO2 of 93 % or more cannot be scored either, since its points depend on
+  it).
 """
 
 from __future__ import annotations
@@ -215,15 +218,13 @@ class _Scorer:
 
     def air_or_oxygen(self) -> bool | None:
         """Score air or oxygen; return whether the patient is on oxygen, None when unknown."""
+        candidates: list[ParameterScore] = []
         flag = self.get("supplemental_oxygen")
         if flag is not None:
             on = flag.value != 0
-            text = "Oxygen" if on else "Air"
-            self.scores[Parameter.AIR_OR_OXYGEN] = _oxygen_score(
-                "supplemental_oxygen", flag, on, text
+            candidates.append(
+                _oxygen_score("supplemental_oxygen", flag, on, "Oxygen" if on else "Air")
             )
-            return on
-        candidates: list[ParameterScore] = []
         fio2 = self.get("fio2")
         if fio2 is not None:
             on = round_half_up(fio2.value, 2) > _ROOM_AIR_FIO2
@@ -236,8 +237,8 @@ class _Scorer:
             candidates.append(_oxygen_score("oxygen_flow_rate", flow, on, text))
         if not candidates:
             return None
-        # Any record of oxygen outweighs one of air (a patient may be on a mask with no FiO2
-        # charted); among records that agree, the newest is the one shown.
+        # Any record of oxygen outweighs one of air (see the module docstring); among records
+        # that agree, the newest is the one shown.
         chosen = max(candidates, key=lambda c: (c.points, c.time))
         self.scores[Parameter.AIR_OR_OXYGEN] = chosen
         return chosen.points > 0

