@@ -110,6 +110,9 @@ _SPELLINGS: Final[dict[str, tuple[str, ...]]] = {
     "L/min": ("l/min", "lpm", "l/minute", "liters/min", "litres/min"),
     "mL/min": ("ml/min",),
     "mL": ("ml", "cc", "cm3", "milliliter", "millilitre"),
+    "kg": ("kg", "kilogram", "kilograms", "kgs"),
+    "g": ("g", "gram", "grams"),
+    "[lb_av]": ("[lb_av]", "lb", "lbs", "pound", "pounds"),
     "L": ("l",),
 }
 
@@ -181,6 +184,8 @@ _TABLES: Final[dict[str, dict[str, tuple[float, float]]]] = {
     "supplemental_oxygen": {"1": _IDENTITY},
     "oxygen_flow_rate": {"L/min": _IDENTITY, "mL/min": (0.001, 0.0)},
     "urine_output": {"mL": _IDENTITY, "L": (1000.0, 0.0)},
+    # UCUM: [lb_av] = 453.59237 g exactly (the international avoirdupois pound).
+    "weight": {"kg": _IDENTITY, "g": (0.001, 0.0), "[lb_av]": (0.45359237, 0.0)},
 }
 
 # Variables whose value may come with no unit at all, and the unit it is then in (see docstring).

@@ -474,6 +474,9 @@ _CATALOGUE: tuple[Variable, ...] = (
     ),
     # Per observation (one void or one bag emptied): above 5 L is a charting error.
     Variable("urine_output", "Urine output", "mL", 0, 5000, ("9187-6",), "observation", None),
+    # Body weight (29463-7; 3141-9 "measured"), for weight-based doses such as 30 mL/kg of fluid.
+    # 0.2-500 kg spans the smallest preterm infants to the heaviest adults recorded: our limits.
+    Variable("weight", "Body weight", "kg", 0.2, 500, ("29463-7", "3141-9"), "observation", None),
 )
 
 VARIABLES: dict[str, Variable] = {v.name: v for v in _CATALOGUE}

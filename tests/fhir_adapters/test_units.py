@@ -96,6 +96,10 @@ def convert(name: str, value: float, unit: str | None) -> float:
         ("urine_output", 0.35, "L", 350.0),
         ("urine_output", 175.0, "ml", 175.0),  # MIMIC outputevents' spelling
         ("gcs_total", 14.0, "{score}", 14.0),
+        # Weight: 1 [lb_av] = 0.45359237 kg exactly (UCUM); Synthea sends "kg".
+        ("weight", 154.0, "[lb_av]", 69.85322498),
+        ("weight", 3250.0, "g", 3.25),
+        ("weight", 70.2, "kg", 70.2),
     ],
 )
 def test_conversion(name: str, value: float, unit: str, expected: float) -> None:

@@ -22,6 +22,7 @@ from fhir_adapters.variables import (
 
 # The names other modules code against (the list); the catalogue must be exactly these.
 EXPECTED = {
+    "weight",
     "heart_rate", "spo2", "temperature", "sbp", "dbp", "map", "resp_rate", "etco2",
     "base_excess", "hco3", "fio2", "ph", "paco2", "pao2", "sao2", "ast", "bun",
     "alkaline_phosphatase", "calcium", "chloride", "creatinine", "bilirubin_direct", "glucose",
