@@ -176,3 +176,32 @@ def test_implausible_values_are_rejected_and_counted(
         if row.startswith('cds_observations_total{outcome="implausible"}')
     )
     assert float(line.split()[-1]) >= 1
+
+
+def test_a_configured_site_map_reads_local_codes(
+    start_api: Callable[..., LiveApi],
+    es_key: EhrKey,
+    http: httpx.Client,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    site_map = tmp_path_factory.mktemp("site") / "hospital.toml"
+    site_map.write_text(
+        'name = "hospital"\n[[code]]\nsystem = "urn:oid:1.2.3.4.flowsheet"\ncode = "RR-9"\n'
+        'variable = "resp_rate"\nunit = "/min"\n'
+    )
+    api = start_api(site_maps=[str(site_map)])
+    observations = sick()
+    local_rr = observations[0]
+    local_rr["code"] = {"coding": [{"system": "urn:oid:1.2.3.4.flowsheet", "code": "RR-9"}]}
+    del (
+        local_rr["valueQuantity"]["unit"],
+        local_rr["valueQuantity"]["code"],
+        local_rr["valueQuantity"]["system"],
+    )
+    card = only_card(
+        Caller(api, es_key, http).post(SERVICE, request(f"p-{uuid.uuid4()}", observations))
+    )
+    row = next(
+        line for line in card["detail"].splitlines() if line.startswith("| Respiration rate")
+    )
+    assert "25" in row and row.rstrip(" |").endswith("3")
