@@ -43,7 +43,8 @@ def report(name: str, pairs: Iterator[tuple[dict[str, Any], str | None]], top: i
     unmapped_obs = sum(stats.unmapped.values())
     print(f"\n### {name}\n")
     print(
-        "| Observations | with a code we read | values mapped | implausible | unit not accepted | no value | entered-in-error/cancelled | no usable time | unmapped |"
+        "| Observations | with a code we read | values mapped | implausible | unit not accepted "
+        "| no value | entered-in-error/cancelled | no usable time | unmapped |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(
