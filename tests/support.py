@@ -29,6 +29,19 @@ CDS_EXAMPLES = SHARED / "cds-hooks"
 SHARED_MISSING = f"the shared CDS Hooks examples are not at {CDS_EXAMPLES}"
 
 
+def patient_view_request() -> dict[str, Any]:
+    """A minimal valid patient-view call: a Patient and an empty vitals search."""
+    return {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/example", "patientId": "p1"},
+        "prefetch": {
+            "patient": {"resourceType": "Patient", "id": "p1"},
+            "vitals": {"resourceType": "Bundle", "type": "searchset", "total": 0},
+        },
+    }
+
+
 def load_example(name: str) -> dict[str, Any]:
     document: dict[str, Any] = json.loads((CDS_EXAMPLES / name).read_text())
     return document

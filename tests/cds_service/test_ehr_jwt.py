@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -29,22 +28,13 @@ from support import (
     load_example,
     unsigned_token,
 )
+from support import (
+    patient_view_request as hook_body,
+)
 
 pytestmark = pytest.mark.integration
 
 SERVICE = "/cds-services/sepsis-patient-view"
-
-
-def hook_body() -> dict[str, Any]:
-    return {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/example", "patientId": "p1"},
-        "prefetch": {
-            "patient": {"resourceType": "Patient", "id": "p1"},
-            "vitals": {"resourceType": "Bundle", "type": "searchset", "total": 0},
-        },
-    }
 
 
 def call(

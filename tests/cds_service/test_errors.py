@@ -11,22 +11,11 @@ import httpx
 import pytest
 
 from support import Caller, EhrKey, LiveApi
+from support import patient_view_request as valid_request
 
 pytestmark = pytest.mark.integration
 
 PATIENT_VIEW = "/cds-services/sepsis-patient-view"
-
-
-def valid_request() -> dict[str, Any]:
-    return {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/example", "patientId": "p1"},
-        "prefetch": {
-            "patient": {"resourceType": "Patient", "id": "p1"},
-            "vitals": {"resourceType": "Bundle", "type": "searchset", "total": 0},
-        },
-    }
 
 
 def expressions(response: httpx.Response) -> list[str]:
