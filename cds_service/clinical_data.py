@@ -83,8 +83,9 @@ class ClinicalData:
         start = now - self._window
         history: Literal["timeline", "prefetch-only"] = "timeline"
         try:
-            await self._timeline.merge(patient, mapped, now)
-            observations = await self._timeline.window(patient, start, latest_allowed)
+            _, observations = await self._timeline.merge_and_read(
+                patient, mapped, now, start, latest_allowed
+            )
         except DependencyUnavailable:
             self._metrics.partial_history.inc()
             log.warning("timeline unavailable: scoring from prefetch alone")
