@@ -38,9 +38,20 @@ from decimal import Decimal
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from cds_service.scores import TimedValue, Vitals, iso_utc, require_aware, round_half_up
 
-__all__ = ["News2Result", "Parameter", "ParameterScore", "RiskBand", "SpO2Scale", "score_news2"]
+__all__ = [
+    "News2Result",
+    "Parameter",
+    "ParameterScore",
+    "RiskBand",
+    "SpO2Scale",
+    "chart_points",
+    "score_news2",
+]
 
 
 class Parameter(StrEnum):
@@ -164,6 +175,28 @@ _OXYGEN_POINTS = 2  # Chart 1: supplemental oxygen scores 2, air 0
 _ROOM_AIR_FIO2 = Decimal("0.21")
 _ACVPU = ("Alert", "New confusion", "Responds to voice", "Responds to pain", "Unresponsive")
 _ADULT_AGE_YEARS = 16  # RCP 2017: NEWS2 is not validated for children under 16
+
+
+def chart_points(variable: str, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Chart 1 points for many values of one banded variable at once (NaN stays NaN).
+
+    For the model's features (``cds_service.features``), so that the chart's thresholds live in
+    this one place. Covers ``resp_rate``, ``sbp``, ``heart_rate``, ``temperature`` and ``spo2``
+    on Scale 1. Rounding is half up to the chart's precision, as in ``score_news2``; the tiny
+    epsilon makes binary floats such as 38.05 (stored as 38.04999...) round as written.
+    """
+    tables = {b.variable: (b.bands, b.decimals) for b in _BANDED}
+    tables["spo2"] = (_SPO2_SCALE1, 0)
+    bands, decimals = tables[variable]
+    scale = 10.0**decimals
+    read = np.floor(values * scale + 0.5 + 1e-9) / scale
+    points = np.full(values.shape, np.nan)
+    assigned = np.isnan(values)
+    for upper, band_points in bands:
+        inside = ~assigned if upper is None else ~assigned & (read <= float(upper))
+        points[inside] = band_points
+        assigned |= inside
+    return points
 
 
 def _band(value: Decimal, bands: _Bands) -> int:
