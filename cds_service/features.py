@@ -154,31 +154,29 @@ def feature_matrix(grid: HourlyGrid, context: PatientContext) -> Array:
     columns: list[Array] = []
     for j in range(x.shape[1]):
         columns += [last[:, j], since[:, j], count_24h[:, j]]
-    for name in DYNAMIC:
-        j = _COLUMN[name]
-        col = x[:, [j]]
-        for width in WINDOWS:
-            filled = np.nan_to_num(col, nan=0.0)
-            n = _window_view(measured[:, [j]].astype(np.float64), width, 0.0).sum(axis=2)[:, 0]
-            total = _window_view(filled, width, 0.0).sum(axis=2)[:, 0]
-            low = _window_view(np.where(np.isnan(col), np.inf, col), width, np.inf).min(axis=2)[
-                :, 0
-            ]
-            high = _window_view(np.where(np.isnan(col), -np.inf, col), width, -np.inf).max(axis=2)[
-                :, 0
-            ]
-            none = n == 0
-            columns += [
-                np.where(none, np.nan, total / np.maximum(n, 1)),
-                np.where(none, np.nan, low),
-                np.where(none, np.nan, high),
-            ]
-        # The value carried forward to 6 h ago, if measured within the look-back of *now*: a
-        # value 6 h before a 72 h window would be one the service no longer holds.
-        index_then = np.concatenate([np.full(6, -1), last_index[:-6, j]])[:t_count]
-        known = (index_then >= 0) & (hours - index_then < LOOKBACK_HOURS)
-        before = np.where(known, x[np.clip(index_then, 0, None), j], np.nan)
-        columns.append(last[:, j] - before)
+    dyn = np.array([_COLUMN[name] for name in DYNAMIC])
+    xd, md = x[:, dyn], measured[:, dyn]
+    filled = np.where(md, xd, 0.0)
+    stats: list[tuple[Array, Array, Array]] = []
+    for width in WINDOWS:
+        # Sums over each window's own elements (not differences of running sums), so that a
+        # 72-hour grid and a whole stay give bit-identical features for the same hour.
+        n = _window_view(md.astype(np.float64), width, 0.0).sum(axis=2)
+        total = _window_view(filled, width, 0.0).sum(axis=2)
+        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        low = _window_view(np.where(md, xd, np.inf), width, np.inf).min(axis=2)
+        high = _window_view(np.where(md, xd, -np.inf), width, -np.inf).max(axis=2)
+        stats.append((mean, np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)))
+    # The value carried forward to 6 h ago, if measured within the look-back of *now*: a value
+    # 6 h before a 72 h window would be one the service no longer holds.
+    index_then = np.vstack([np.full((6, len(dyn)), -1), last_index[:, dyn]])[:t_count]
+    known = (index_then >= 0) & (hours[:, None] - index_then < LOOKBACK_HOURS)
+    before = np.where(known, xd[np.clip(index_then, 0, None), np.arange(len(dyn))], np.nan)
+    delta = last[:, dyn] - before
+    for k in range(len(dyn)):
+        for mean, low, high in stats:
+            columns += [mean[:, k], low[:, k], high[:, k]]
+        columns.append(delta[:, k])
 
     def latest(name: str) -> Array:
         value: Array = last[:, _COLUMN[name]]
