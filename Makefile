@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest train evaluate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Reproduce model_artifacts/ from ../shared/data (features are cached in .cache/training).
+train: $(STAMP)
+	$(BIN)/python -m training train
+
+evaluate: $(STAMP)
+	$(BIN)/python -m training evaluate
 
 clean:
 	rm -rf $(VENV) .dev .mypy_cache .pytest_cache .ruff_cache

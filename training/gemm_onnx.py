@@ -191,14 +191,18 @@ def export_gemm(booster: lightgbm.Booster, n_features: int) -> onnx.ModelProto:
     """The booster's positive-class probability as a graph of standard ONNX operators (opset 17).
 
     Input ``features`` float32 [N, F]; output ``probability`` float32 [N]; N is dynamic. With T
-    trees padded to m internal nodes and l leaves:
+    trees padded to m internal nodes and l leaves, tree-major so that no [N, T*m] tensor is
+    transposed:
 
-    1. ``x0 = Where(|x| <= 1e-35, 0, x)`` [N, F]; ``g = Gather(x0, feature, axis=1)`` [N, T*m];
-    2. ``left = miss ? default_left : Where(IsNaN(g), 0, g) <= threshold`` [N, T*m] (bool), where
-       ``miss`` is ``IsNaN(g)`` on NaN-type nodes and ``g == 0 or NaN`` on Zero-type nodes;
-    3. ``D = Cast(left)`` reshaped and transposed to [T, N, m] (0/1);
-    4. ``hit = (D @ paths + bias == depth)`` [T, N, l]: one leaf per tree and row;
-    5. ``raw = ReduceSum(hit * leaf_value, axes=[0, 2]) + constant`` [N];
+    1. ``x0 = Where(|x| <= 1e-35, 0, x)`` transposed to [F, N];
+       ``g = Gather(x0, feature, axis=0)`` [T*m, N];
+    2. a missing value becomes the node's ``sentinel``, -inf when it defaults left, +inf when it
+       defaults right (thresholds are never NaN, so ``-inf <= t`` always holds and ``+inf <= t``
+       never does): NaN on NaN-type nodes, 0 (NaN included) on Zero-type nodes; NaN on None-type
+       nodes becomes 0;
+    3. ``D = Cast(g <= threshold)`` reshaped to [T, m, N] (0/1);
+    4. ``hit = (paths^T @ D + bias == depth)`` [T, l, N]: one leaf per tree and row;
+    5. ``raw = ReduceSum(hit * leaf_value, axes=[0, 1]) + constant`` [N];
        ``probability = Sigmoid(raw * scale)`` [N].
 
     The per-tree (batched) MatMul keeps the work at N*T*m*l instead of the N*(T*m)*(T*l) of one
@@ -209,55 +213,63 @@ def export_gemm(booster: lightgbm.Booster, n_features: int) -> onnx.ModelProto:
     n_trees, m = tables.feature.shape
     n_leaves = tables.leaf_value.shape[1]
     flat = n_trees * m
+    nan_type = (tables.missing == MISSING_TYPES.index("NaN")).reshape(flat)
+    zero_type = (tables.missing == MISSING_TYPES.index("Zero")).reshape(flat)
+    sentinel = np.where(tables.default_left, -np.inf, np.inf).astype(np.float32).reshape(flat)
     initializers = [
         _const("zero_threshold", ZERO_THRESHOLD, np.float32),
         _const("zero", 0.0, np.float32),
         _const("node_feature", tables.feature.reshape(flat), np.int64),
-        _const("node_threshold", tables.threshold.reshape(flat), np.float32),
-        _const("node_default_left", tables.default_left.reshape(flat), np.bool_),
-        _const("node_nan_missing", (tables.missing == 2).reshape(flat), np.bool_),
-        _const("node_zero_missing", (tables.missing == 1).reshape(flat), np.bool_),
-        _const("tree_shape", [-1, n_trees, m], np.int64),
-        _const("paths", tables.paths, np.float32),
-        _const("leaf_bias", tables.bias.reshape(n_trees, 1, n_leaves), np.float32),
-        _const("leaf_depth", tables.depth.reshape(n_trees, 1, n_leaves), np.float32),
-        _const("leaf_value", tables.leaf_value.reshape(n_trees, 1, n_leaves), np.float32),
-        _const("sum_axes", [0, 2], np.int64),
-        _const("constant", tables.constant, np.float32),
-        _const("scale", tables.scale, np.float32),
+        _const("node_threshold", tables.threshold.reshape(flat, 1), np.float32),
+        _const("node_nan_fill", np.where(nan_type, sentinel, 0.0).reshape(flat, 1), np.float32),
+        _const("tree_shape", [n_trees, m, -1], np.int64),
+        _const("paths_t", tables.paths.transpose(0, 2, 1), np.float32),
+        _const("leaf_bias", tables.bias.reshape(n_trees, n_leaves, 1), np.float32),
+        _const("leaf_depth", tables.depth.reshape(n_trees, n_leaves, 1), np.float32),
+        _const("leaf_value", tables.leaf_value.reshape(n_trees, n_leaves, 1), np.float32),
+        _const("sum_axes", [0, 1], np.int64),
     ]
     node = helper.make_node
     nodes = [
-        node("Abs", [INPUT_NAME], ["abs_x"]),
+        node("Transpose", [INPUT_NAME], ["x_t"], perm=[1, 0]),
+        node("Abs", ["x_t"], ["abs_x"]),
         node("LessOrEqual", ["abs_x", "zero_threshold"], ["is_tiny"]),
-        node("Where", ["is_tiny", "zero", INPUT_NAME], ["x0"]),
-        node("Gather", ["x0", "node_feature"], ["g"], axis=1),
+        node("Where", ["is_tiny", "zero", "x_t"], ["x0"]),
+        node("Gather", ["x0", "node_feature"], ["g"], axis=0),
         node("IsNaN", ["g"], ["g_nan"]),
-        node("Where", ["g_nan", "zero", "g"], ["v"]),
-        node("LessOrEqual", ["v", "node_threshold"], ["le"]),
-        node("And", ["g_nan", "node_nan_missing"], ["nan_missing"]),
-        node("Equal", ["v", "zero"], ["v_zero"]),
-        node("And", ["v_zero", "node_zero_missing"], ["zero_missing"]),
-        node("Or", ["nan_missing", "zero_missing"], ["missing"]),
-        # And/Or/Not rather than a boolean Where: ORT's CUDA Where has no bool kernel, and a CPU
-        # fallback would copy [N, T*m] between devices on every call.
-        node("And", ["missing", "node_default_left"], ["missing_left"]),
-        node("Not", ["missing"], ["present"]),
-        node("And", ["present", "le"], ["present_left"]),
-        node("Or", ["missing_left", "present_left"], ["go_left"]),
+        node("Where", ["g_nan", "node_nan_fill", "g"], ["v"]),
+    ]
+    if zero_type.any():
+        initializers += [
+            _const("node_zero_type", zero_type.reshape(flat, 1), np.bool_),
+            _const("node_sentinel", sentinel.reshape(flat, 1), np.float32),
+        ]
+        nodes += [
+            node("Equal", ["v", "zero"], ["v_zero"]),
+            node("And", ["v_zero", "node_zero_type"], ["zero_missing"]),
+            node("Where", ["zero_missing", "node_sentinel", "v"], ["v_routed"]),
+        ]
+    nodes += [
+        node("LessOrEqual", [nodes[-1].output[0], "node_threshold"], ["go_left"]),
         node("Cast", ["go_left"], ["d_flat"], to=TensorProto.FLOAT),
-        node("Reshape", ["d_flat", "tree_shape"], ["d_rows"]),
-        node("Transpose", ["d_rows"], ["d"], perm=[1, 0, 2]),
-        node("MatMul", ["d", "paths"], ["signed_count"]),
+        node("Reshape", ["d_flat", "tree_shape"], ["d"]),
+        node("MatMul", ["paths_t", "d"], ["signed_count"]),
         node("Add", ["signed_count", "leaf_bias"], ["satisfied"]),
         node("Equal", ["satisfied", "leaf_depth"], ["hit_bool"]),
         node("Cast", ["hit_bool"], ["hit"], to=TensorProto.FLOAT),
         node("Mul", ["hit", "leaf_value"], ["contribution"]),
         node("ReduceSum", ["contribution", "sum_axes"], ["tree_sum"], keepdims=0),
-        node("Add", ["tree_sum", "constant"], ["raw"]),
-        node("Mul", ["raw", "scale"], ["logit"]),
-        node("Sigmoid", ["logit"], [OUTPUT_NAME]),
     ]
+    raw = "tree_sum"
+    if tables.constant != 0.0:
+        initializers.append(_const("constant", tables.constant, np.float32))
+        nodes.append(node("Add", [raw, "constant"], ["raw"]))
+        raw = "raw"
+    if tables.scale != 1.0:
+        initializers.append(_const("scale", tables.scale, np.float32))
+        nodes.append(node("Mul", [raw, "scale"], ["logit"]))
+        raw = "logit"
+    nodes.append(node("Sigmoid", [raw], [OUTPUT_NAME]))
     graph = helper.make_graph(
         nodes,
         "lightgbm_gemm",

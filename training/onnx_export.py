@@ -166,18 +166,22 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
 
 
 def session_for(
-    model: str | os.PathLike[str] | bytes, prefer_cuda: bool
+    model: str | os.PathLike[str] | bytes, prefer_cuda: bool, *, intra_op_threads: int = 0
 ) -> onnxruntime.InferenceSession:
     """An ORT session on the CUDA provider when it loads, on the CPU otherwise.
 
     TF32 is switched off: with it a GEMM-form model gave wrong risks on the GPU. Which provider the
-    session really uses is ``used_providers(session)``.
+    session really uses is ``used_providers(session)``. ``intra_op_threads`` 0 lets ORT take one
+    thread per core; 1 suits prefork workers and small batches, where ORT's thread pool costs more
+    than it saves.
     """
     providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
     if prefer_cuda:
         providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
     source = model if isinstance(model, bytes) else os.fspath(model)
-    return onnxruntime.InferenceSession(source, providers=providers)
+    return onnxruntime.InferenceSession(source, options, providers=providers)
 
 
 def used_providers(session: onnxruntime.InferenceSession) -> list[str]:

@@ -39,6 +39,9 @@ class Trained:
     threshold: float
     high_sensitivity_threshold: float
     seconds: float
+    #: the held-out patients of the training side, with their calibrated probabilities
+    valid: Dataset
+    valid_probabilities: Floats
 
 
 def _log(message: str) -> None:
@@ -63,7 +66,9 @@ def train_side(data: Dataset, seed: int) -> Trained:
     # positive hours flagged (sensitivity chosen by us, reported with its PPV and alert rate).
     positives = np.sort(p_valid[valid.labels == 1])
     sensitive = float(positives[int(0.2 * len(positives))]) if len(positives) else choice.threshold
-    return Trained(fitted, platt, choice.threshold, sensitive, time.perf_counter() - started)
+    return Trained(
+        fitted, platt, choice.threshold, sensitive, time.perf_counter() - started, valid, p_valid
+    )
 
 
 def evaluate(

@@ -1,0 +1,122 @@
+"""Writing a trained version into ``model_artifacts/``: ONNX files, model card, manifest entry.
+
+Layout: ``model_artifacts/<version>/{model.onnx, model-gemm.onnx, evaluation.json, card.md,
+reference.json, reliability.png}`` and one ``model_artifacts/manifest.json`` listing every version
+with the sha256 of each file, the ordered feature list, calibration, operating points and headline
+metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cds_service.features import FEATURE_NAMES
+from training.dataset import Dataset
+from training.gemm_onnx import export_gemm
+from training.metrics import reliability_curve, save_reliability_plot
+from training.onnx_export import export_tree_ensemble, save_model
+
+OUTCOME = (
+    "the probability that this adult ICU patient meets Sepsis-3 within about the next 6 hours "
+    "(or already does)"
+)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reference_statistics(
+    data: Dataset, probabilities: npt.NDArray[np.float64], threshold: float
+) -> dict[str, Any]:
+    """Per-feature quantiles and missingness and the score distribution: drift monitoring's
+    reference, measured on the validation patients."""
+    features = data.features.astype(np.float64)
+    quantiles = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+    per_feature: dict[str, Any] = {}
+    for j, name in enumerate(FEATURE_NAMES):
+        column = features[:, j]
+        present = column[~np.isnan(column)]
+        per_feature[name] = {
+            "missing": float(np.mean(np.isnan(column))),
+            "quantiles": [float(q) for q in np.quantile(present, quantiles)]
+            if present.size
+            else None,
+        }
+    hours = len(data.labels)
+    alerts = int(
+        np.sum(np.diff(np.concatenate([[0], (probabilities >= threshold).astype(int)])) == 1)
+    )
+    return {
+        "quantile_levels": list(quantiles),
+        "features": per_feature,
+        "score_quantiles": [float(q) for q in np.quantile(probabilities, np.linspace(0, 1, 21))],
+        "alerts_per_100_patient_days": alerts / (hours / 24) * 100 if hours else None,
+    }
+
+
+def write_version(
+    root: Path,
+    version: str,
+    *,
+    trained: Any,
+    evaluation: dict[str, Any],
+    reference: dict[str, Any],
+    provenance: dict[str, Any],
+    card: str,
+) -> dict[str, Any]:
+    """Export both ONNX forms and the documents; return the manifest entry."""
+    folder = root / version
+    folder.mkdir(parents=True, exist_ok=True)
+    booster = trained.fitted.booster
+    n = len(FEATURE_NAMES)
+    files = {
+        "model.onnx": save_model(export_tree_ensemble(booster, n), folder / "model.onnx"),
+        "model-gemm.onnx": save_model(export_gemm(booster, n), folder / "model-gemm.onnx"),
+    }
+    curve = reliability_curve(trained.valid.labels, trained.valid_probabilities)
+    plot = save_reliability_plot(curve, folder / "reliability.png", title=f"{version}: held-out")
+    files["reliability.png"] = _sha256(plot)
+    for name, content in (
+        ("evaluation.json", json.dumps(evaluation, indent=2, allow_nan=False)),
+        ("reference.json", json.dumps(reference, indent=2, allow_nan=False)),
+        ("card.md", card),
+    ):
+        (folder / name).write_text(content)
+        files[name] = _sha256(folder / name)
+    return {
+        "version": version,
+        "outcome": OUTCOME,
+        "files": files,
+        "features": list(FEATURE_NAMES),
+        "input": {"name": "features", "dtype": "float32", "missing": "NaN"},
+        "calibration": {
+            "method": "platt",
+            "intercept": trained.calibration.intercept,
+            "slope": trained.calibration.slope,
+        },
+        "operating_points": {
+            "utility_optimal": trained.threshold,
+            "high_sensitivity": trained.high_sensitivity_threshold,
+        },
+        "trees": trained.fitted.best_iteration,
+        "provenance": provenance,
+    }
+
+
+def update_manifest(root: Path, entry: dict[str, Any], active: bool) -> None:
+    path = root / "manifest.json"
+    manifest: dict[str, Any] = (
+        json.loads(path.read_text()) if path.exists() else {"versions": [], "active": None}
+    )
+    manifest["versions"] = [v for v in manifest["versions"] if v["version"] != entry["version"]]
+    manifest["versions"].append(entry)
+    if active:
+        manifest["active"] = entry["version"]
+    path.write_text(json.dumps(manifest, indent=2, allow_nan=False))
