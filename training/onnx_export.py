@@ -9,8 +9,9 @@ Two gaps between onnxmltools' graph and LightGBM are closed here rather than acc
 * ORT keeps thresholds in float32 and rounds them to nearest, so a float32 value between the
   float32 and the double threshold took the other branch. The booster is re-read with every
   threshold rounded *down* to float32, which for float32 input splits exactly as the double does.
-* onnxmltools maps LightGBM's missing types only partly (a ``Zero``-type feature's zeros went by
-  the comparison, a ``None``-type NaN went by ``default_left``). A few standard operators in front
+* onnxmltools maps LightGBM's missing types only partly: a ``Zero``-type feature's zeros went by
+  the comparison instead of ``default_left``, and a ``None``-type NaN went right whenever
+  ``default_left`` was false, where LightGBM compares it as 0. A few standard operators in front
   of the ensemble put each value in the form the ensemble's ``missing_value_tracks_true`` then
   routes the LightGBM way: ``|x| <= 1e-35`` becomes 0; NaN becomes 0 on ``None`` features; 0
   becomes NaN on ``Zero`` features.
@@ -96,7 +97,9 @@ def _bool_mask(name: str, values: list[bool]) -> TensorProto:
 def _with_service_interface(model: onnx.ModelProto, missing: list[str | None]) -> onnx.ModelProto:
     """Put the missing-value rewrite in front and keep only column 1 of the probabilities."""
     graph = model.graph
-    (probabilities,) = [o.name for o in graph.output if o.type.tensor_type.elem_type == 1]
+    (probabilities,) = [
+        o.name for o in graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT
+    ]
     before = [
         helper.make_node("Abs", [INPUT_NAME], ["abs_x"]),
         helper.make_node("LessOrEqual", ["abs_x", "zero_threshold"], ["is_tiny"]),
@@ -117,7 +120,7 @@ def _with_service_interface(model: onnx.ModelProto, missing: list[str | None]) -
         _bool_mask("none_features", [kind == "None" for kind in missing]),
         _bool_mask("zero_features", [kind == "Zero" for kind in missing]),
     ]
-    # Keep only the nodes the probability needs; the label branch (ArgMax, Cast) goes.
+    # Keep only the nodes the probability needs; the label branch (Identity, Cast) goes.
     needed = {probabilities}
     kept: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
