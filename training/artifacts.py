@@ -20,7 +20,7 @@ from cds_service.features import FEATURE_NAMES
 from training.dataset import Dataset
 from training.gemm_onnx import export_gemm
 from training.metrics import reliability_curve, save_reliability_plot
-from training.onnx_export import export_tree_ensemble, save_model
+from training.onnx_export import export_tree_ensemble, save_model, session_for
 
 OUTCOME = (
     "the probability that this adult ICU patient meets Sepsis-3 within about the next 6 hours "
@@ -61,6 +61,51 @@ def reference_statistics(
     }
 
 
+def onnx_agreement(
+    booster: Any, folder: Path, rows: npt.NDArray[np.float32]
+) -> dict[str, dict[str, float]]:
+    """Both ONNX forms against the booster on real held-out rows (missing values included), at
+    batch sizes 1 (first 500 rows), 7 and 1024; refuses a version that differs by more than 1e-4.
+    ORT keeps thresholds in float32 and LightGBM in double: the counts of rows off by more than
+    1e-6 say how often that matters."""
+    expected = np.asarray(booster.predict(rows), dtype=np.float64)
+    result: dict[str, dict[str, float]] = {}
+    for name in ("model.onnx", "model-gemm.onnx"):
+        session = session_for(folder / name, prefer_cuda=False)
+        for batch in (1, 7, 1024):
+            count = 500 if batch == 1 else len(rows)
+            got = np.concatenate(
+                [
+                    session.run(None, {"features": rows[i : i + batch]})[0].reshape(-1)
+                    for i in range(0, count, batch)
+                ]
+            ).astype(np.float64)
+            diff = np.abs(got - expected[:count])
+            result[f"{name}@{batch}"] = {
+                "rows": float(count),
+                "max_abs_difference": float(diff.max()),
+                "rows_over_1e-6": float(np.sum(diff > 1e-6)),
+            }
+            if diff.max() > 1e-4:
+                raise ValueError(f"{name} differs from the booster by {diff.max():.2e}")
+    return result
+
+
+def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The figures a registry gate reads: per split, the model's main metrics."""
+    keys = ("auroc", "auprc", "normalized_utility", "brier", "calibration_slope")
+    result: dict[str, Any] = {}
+    for split, report in evaluation["splits"].items():
+        if split == "cv5":
+            result[split] = report["mean"]
+        else:
+            result[split] = {key: report["model"].get(key) for key in keys}
+            result[split]["alerts_per_100_patient_days"] = report["model"].get(
+                "alerts_per_100_patient_days"
+            )
+    return result
+
+
 def write_version(
     root: Path,
     version: str,
@@ -80,6 +125,9 @@ def write_version(
         "model.onnx": save_model(export_tree_ensemble(booster, n), folder / "model.onnx"),
         "model-gemm.onnx": save_model(export_gemm(booster, n), folder / "model-gemm.onnx"),
     }
+    booster.save_model(str(folder / "booster.txt"))
+    files["booster.txt"] = _sha256(folder / "booster.txt")
+    agreement = onnx_agreement(booster, folder, trained.valid.features[:100_000])
     curve = reliability_curve(trained.valid.labels, trained.valid_probabilities)
     plot = save_reliability_plot(curve, folder / "reliability.png", title=f"{version}: held-out")
     files["reliability.png"] = _sha256(plot)
@@ -106,6 +154,8 @@ def write_version(
             "high_sensitivity": trained.high_sensitivity_threshold,
         },
         "trees": trained.fitted.best_iteration,
+        "onnx_agreement": agreement,
+        "metrics": headline(evaluation),
         "provenance": provenance,
     }
 
