@@ -72,7 +72,10 @@ class TreeTables:
 
 def float32_at_or_below(threshold: float) -> np.float32:
     """The largest float32 not above ``threshold``: for float32 input, the same split."""
-    as_f32 = np.float32(threshold)
+    # LightGBM writes "always left" splits with thresholds far above float32's range (1e300):
+    # they overflow to inf, and the step below lands on float32's largest finite value.
+    with np.errstate(over="ignore"):
+        as_f32 = np.float32(threshold)
     if float(as_f32) > threshold:
         return np.float32(np.nextafter(as_f32, np.float32(-np.inf)))
     return as_f32
