@@ -1,9 +1,9 @@
 """Writing a trained version into ``model_artifacts/``: ONNX files, model card, manifest entry.
 
 Layout: ``model_artifacts/<version>/{model.onnx, model-gemm.onnx, evaluation.json, card.md,
-reference.json, reliability.png}`` and one ``model_artifacts/manifest.json`` listing every version
-with the sha256 of each file, the ordered feature list, calibration, operating points and headline
-metrics.
+reference.json, reliability.png, curves.png}`` and one ``model_artifacts/manifest.json`` listing
+every version with the sha256 of each file, the ordered feature list, calibration, operating
+points and headline metrics.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from training.dataset import Dataset
 from training.gemm_onnx import export_gemm
 from training.metrics import reliability_curve, save_reliability_plot
 from training.onnx_export import export_tree_ensemble, save_model, session_for
+from training.utility import utility_curve
 
 OUTCOME = (
     "the probability that this adult ICU patient meets Sepsis-3 within about the next 6 hours "
@@ -106,6 +107,36 @@ def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def save_curves(trained: Any, path: Path, version: str) -> Path:
+    """ROC curve and utility against threshold on the version's held-out patients."""
+    import matplotlib  # noqa: PLC0415 - only the training extra has it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from sklearn.metrics import roc_curve  # noqa: PLC0415
+
+    labels, p = trained.valid.labels, trained.valid_probabilities
+    fpr, tpr, _ = roc_curve(labels, p)
+    grid = np.quantile(p, np.linspace(0.5, 0.999, 60))
+    thresholds, utility = utility_curve(
+        p, labels, boundaries=trained.valid.boundaries, thresholds=grid
+    )
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    left.plot(fpr, tpr)
+    left.plot([0, 1], [0, 1], "--", color="grey")
+    left.set(xlabel="1 - specificity (hours)", ylabel="sensitivity (hours)", title="ROC")
+    right.plot(thresholds, utility)
+    right.axvline(trained.threshold, color="grey", linestyle="--", label="alert level")
+    right.set(xlabel="threshold (calibrated risk)", ylabel="normalised utility", title="Utility")
+    right.set_xscale("log")
+    right.legend()
+    figure.suptitle(f"{version}: held-out patients of the training side")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def write_version(
     root: Path,
     version: str,
@@ -131,6 +162,7 @@ def write_version(
     curve = reliability_curve(trained.valid.labels, trained.valid_probabilities)
     plot = save_reliability_plot(curve, folder / "reliability.png", title=f"{version}: held-out")
     files["reliability.png"] = _sha256(plot)
+    files["curves.png"] = _sha256(save_curves(trained, folder / "curves.png", version))
     for name, content in (
         ("evaluation.json", json.dumps(evaluation, indent=2, allow_nan=False)),
         ("reference.json", json.dumps(reference, indent=2, allow_nan=False)),

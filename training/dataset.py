@@ -30,6 +30,7 @@ from cds_service.features import (
     grid_from_observations,
 )
 from training.physionet import PsvPatient, iter_patients, synthetic_icu_start, to_canonical
+from training.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def definition_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def _build(patients: Iterable[PsvPatient]) -> Dataset:
+def _build(patients: Iterable[PsvPatient], progress: Progress | None = None) -> Dataset:
     rows: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.int8]] = []
     ids, hospitals, ages, sexes, units = [], [], [], [], []
@@ -124,6 +125,8 @@ def _build(patients: Iterable[PsvPatient]) -> Dataset:
         sexes.append(patient.sex or "unknown")
         units.append(patient.unit or "unknown")
         implausible += bad
+        if progress is not None:
+            progress.step()
     lengths = [len(r) for r in rows]
     return Dataset(
         features=np.concatenate(rows) if rows else np.zeros((0, len(FEATURE_NAMES)), np.float32),
@@ -140,7 +143,10 @@ def _build(patients: Iterable[PsvPatient]) -> Dataset:
 
 def _build_part(archive: Path, part: int, parts: int, limit: int | None) -> Dataset:
     chosen = (p for i, p in enumerate(iter_patients(archive, limit=limit)) if i % parts == part)
-    return _build(chosen)
+    # Worker 0 reports for all: the parts are the same size, give or take one patient.
+    total = (limit or 20_336) // parts
+    progress = Progress(f"features {archive.stem}", total, "patients") if part == 0 else None
+    return _build(chosen, progress)
 
 
 def build(archive: Path, limit: int | None = None, workers: int = 2) -> Dataset:

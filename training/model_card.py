@@ -60,10 +60,12 @@ def render(
     for name in ("A->B", "B->A"):
         if name in splits:
             split = splits[name]
-            ci = split["auroc_ci"]
-            lines.append(
-                _row(f"{name} (AUROC 95% CI {_f(ci['low'])}-{_f(ci['high'])})", split["model"])
+            ci, uci = split["auroc_ci"], split.get("utility_ci", {})
+            label = (
+                f"{name} (95% CI: AUROC {_f(ci['low'])}-{_f(ci['high'])}, "
+                f"utility {_f(uci.get('low'))}-{_f(uci.get('high'))})"
             )
+            lines.append(_row(label, split["model"]))
             for baseline, m in split["baselines"].items():
                 lines.append(_row(f"{name} baseline: {baseline}", m))
     calibration = manifest_entry["calibration"]

@@ -13,21 +13,27 @@ the utility-maximising threshold, so no number is tuned on the patients it is re
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+import training.fit as fit_module
 from cds_service.features import FEATURE_NAMES
 from training import metrics
 from training.baselines import BASELINES, baseline_scores
-from training.dataset import Dataset, concatenate, load_or_build
+from training.dataset import Dataset, concatenate, definition_hash, load_or_build
 from training.fit import Fitted, PlattCalibration, calibrate, fit, split_patients
-from training.utility import best_threshold
+from training.progress import Progress
+from training.utility import best_threshold, cohort_utility_concat
 
 Floats = npt.NDArray[np.float64]
 
@@ -71,6 +77,56 @@ def train_side(data: Dataset, seed: int) -> Trained:
     )
 
 
+def _results_folder(cache: Path, limit: int | None, folds: int) -> Path:
+    """Where finished steps are kept; keyed by the code that produced them."""
+    digest = hashlib.sha256(definition_hash().encode())
+    for module in (fit_module, sys.modules[__name__]):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return cache / "results" / f"{digest.hexdigest()[:16]}-{limit or 'all'}-{folds}"
+
+
+def resumable_side(data: Dataset, seed: int, folder: Path) -> Trained:
+    """``train_side``, or the same side reloaded from ``folder`` when a run already finished it."""
+    booster_path, info_path = folder / "booster.txt", folder / "side.json"
+    if booster_path.exists() and info_path.exists():
+        info = json.loads(info_path.read_text())
+        fitted = Fitted(lgb.Booster(model_file=str(booster_path)), info["best_iteration"])
+        platt = PlattCalibration(info["intercept"], info["slope"])
+        valid = data.subset(split_patients(data.n_patients, 0.15, seed)[1])
+        return Trained(
+            fitted,
+            platt,
+            info["threshold"],
+            info["high_sensitivity_threshold"],
+            info["seconds"],
+            valid,
+            platt.apply(predict(fitted, valid)),
+        )
+    trained = train_side(data, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    trained.fitted.booster.save_model(str(booster_path))
+    info = {
+        "best_iteration": trained.fitted.best_iteration,
+        "intercept": trained.calibration.intercept,
+        "slope": trained.calibration.slope,
+        "threshold": trained.threshold,
+        "high_sensitivity_threshold": trained.high_sensitivity_threshold,
+        "seconds": trained.seconds,
+    }
+    info_path.write_text(json.dumps(info))
+    return trained
+
+
+def resumable_result(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if path.exists():
+        loaded: dict[str, Any] = json.loads(path.read_text())
+        return loaded
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, allow_nan=False))
+    return dict(result)
+
+
 def evaluate(
     name: str, trained: Trained, test: Dataset, with_subgroups: bool = True
 ) -> dict[str, Any]:
@@ -87,6 +143,15 @@ def evaluate(
         "auroc_ci": metrics.to_dict(
             metrics.bootstrap_ci(
                 lambda y, s, b: metrics.auroc(y, s), test.labels, p, test.boundaries, n_resamples=50
+            )
+        ),
+        "utility_ci": metrics.to_dict(
+            metrics.bootstrap_ci(
+                lambda y, s, b: cohort_utility_concat(y, s >= trained.threshold, b).normalized,
+                test.labels,
+                p,
+                test.boundaries,
+                n_resamples=50,
             )
         ),
         "baselines": {
@@ -115,15 +180,23 @@ def evaluate(
     return result
 
 
-def cross_validate(data: Dataset, folds: int = 5) -> dict[str, Any]:
+def cross_validate(data: Dataset, folds: int, results: Path) -> dict[str, Any]:
     order = np.random.default_rng(7).permutation(data.n_patients)
     fold_of = np.empty(data.n_patients, dtype=np.int64)
     fold_of[order] = np.arange(data.n_patients) % folds
     per_fold = []
+    progress = Progress("cross-validation", folds, "folds")
     for k in range(folds):
         train = data.subset(np.flatnonzero(fold_of != k).astype(np.int64))
         test = data.subset(np.flatnonzero(fold_of == k).astype(np.int64))
-        per_fold.append(evaluate(f"cv5-fold{k}", train_side(train, seed=k), test, False))
+        name = f"cv5-fold{k}"
+        per_fold.append(
+            resumable_result(
+                results / f"{name}.json",
+                lambda: evaluate(name, resumable_side(train, k, results / name), test),  # noqa: B023
+            )
+        )
+        progress.step()
     keys = ("auroc", "auprc", "normalized_utility", "calibration_slope", "calibration_intercept")
     return {
         "folds": per_fold,
@@ -145,15 +218,18 @@ def run(data_dir: Path, out: Path, cache: Path, limit: int | None, folds: int) -
         _log(f"hospital {hospital}: {data.n_patients:,} patients, {len(data.labels):,} rows, {how}")
     both = concatenate([parts["A"], parts["B"]])
     report: dict[str, Any] = {"features": len(FEATURE_NAMES), "splits": {}}
-    report["splits"]["cv5"] = cross_validate(both, folds)
+    results = _results_folder(cache, limit, folds)
+    report["splits"]["cv5"] = cross_validate(both, folds, results)
     models: dict[str, Trained] = {}
     for source, target in (("A", "B"), ("B", "A")):
-        trained = train_side(parts[source], seed=11)
+        trained = resumable_side(parts[source], 11, results / f"side-{source}")
         models[source] = trained
-        report["splits"][f"{source}->{target}"] = evaluate(
-            f"{source}->{target}", trained, parts[target]
+        split = f"{source}->{target}"
+        report["splits"][split] = resumable_result(
+            results / f"{split}.json",
+            lambda: evaluate(split, trained, parts[target]),  # noqa: B023
         )
-    models["A+B"] = train_side(both, seed=13)
+    models["A+B"] = resumable_side(both, 13, results / "side-A+B")
     report["training_rows"] = {k: len(v.labels) for k, v in parts.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False))
