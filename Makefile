@@ -30,6 +30,7 @@ pytest: $(STAMP)
 # Reproduce model_artifacts/ from ../shared/data (features are cached in .cache/training).
 train: $(STAMP)
 	$(BIN)/python -m training train
+	$(BIN)/python -m training verify
 
 evaluate: $(STAMP)
 	$(BIN)/python -m training evaluate
