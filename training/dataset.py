@@ -1,6 +1,6 @@
 """PhysioNet rows → canonical observations → the service's feature definition → a cached matrix.
 
-Each PSV row becomes canonical observations (``training.physionet.to_canonical``), binned and
+Each PSV row becomes canonical observations (``training.challenge_rows.to_canonical``), binned and
 featurised by ``cds_service.features`` exactly as a hook call would, then the rows the file has
 (its ICULOS bins) are kept. The result is cached per archive as ``.npz`` under the cache folder,
 keyed by a hash of the code that defines it, so a changed feature definition is never read from
@@ -22,14 +22,14 @@ import numpy.typing as npt
 import cds_service.features as features_module
 import fhir_adapters.binning as binning_module
 import fhir_adapters.variables as variables_module
-import training.physionet as physionet_module
+import training.challenge_rows as rows_module
 from cds_service.features import (
     FEATURE_NAMES,
     PatientContext,
     feature_matrix,
     grid_from_observations,
 )
-from training.physionet import PsvPatient, iter_patients, synthetic_icu_start, to_canonical
+from training.challenge_rows import PsvPatient, iter_patients, synthetic_icu_start, to_canonical
 from training.progress import Progress
 
 
@@ -105,7 +105,7 @@ def patient_features(patient: PsvPatient) -> tuple[npt.NDArray[np.float32], int]
 def definition_hash() -> str:
     """Changes whenever the code that defines a feature row changes."""
     digest = hashlib.sha256()
-    for module in (features_module, binning_module, variables_module, physionet_module):
+    for module in (features_module, binning_module, variables_module, rows_module):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 

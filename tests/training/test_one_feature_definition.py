@@ -28,8 +28,13 @@ from cds_service.store.timeline import TimelineStore
 from fhir_adapters.binning import bin_start
 from fhir_adapters.observations import MappingStats, map_observations
 from fhir_adapters.variables import VARIABLES
+from training.challenge_rows import (
+    PsvPatient,
+    iter_patients,
+    synthetic_icu_start,
+    to_fhir_observations,
+)
 from training.dataset import patient_features
-from training.physionet import PsvPatient, iter_patients, synthetic_icu_start, to_fhir_observations
 
 ARCHIVES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "physionet2019"
 

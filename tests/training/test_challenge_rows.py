@@ -15,7 +15,7 @@ from fhir_adapters.binning import bin_of, bin_start
 from fhir_adapters.canonical import CanonicalObservation
 from fhir_adapters.observations import MappingStats, map_observations
 from fhir_adapters.variables import BY_PHYSIONET, VARIABLES
-from training.physionet import (
+from training.challenge_rows import (
     HEADER,
     PSV_COLUMNS,
     PSV_UNITS,
