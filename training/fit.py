@@ -56,16 +56,22 @@ def split_patients(
     return np.sort(order[:cut]).astype(np.int64), np.sort(order[cut:]).astype(np.int64)
 
 
-def fit(train: Dataset, valid: Dataset, rounds: int = MAX_ROUNDS) -> Fitted:
+def fit(
+    train: Dataset,
+    valid: Dataset,
+    rounds: int = MAX_ROUNDS,
+    overrides: dict[str, Any] | None = None,
+    positive_weight: float = POSITIVE_WEIGHT,
+) -> Fitted:
     """Trees on ``train``, stopped early on ``valid`` (other patients), by log-loss."""
-    weight = np.where(train.labels == 1, POSITIVE_WEIGHT, 1.0)
+    weight = np.where(train.labels == 1, positive_weight, 1.0)
     train_set = lgb.Dataset(train.features, label=train.labels, weight=weight, free_raw_data=True)
-    valid_weight = np.where(valid.labels == 1, POSITIVE_WEIGHT, 1.0)
+    valid_weight = np.where(valid.labels == 1, positive_weight, 1.0)
     valid_set = lgb.Dataset(
         valid.features, label=valid.labels, weight=valid_weight, reference=train_set
     )
     booster = lgb.train(
-        PARAMS,
+        PARAMS | (overrides or {}),
         train_set,
         num_boost_round=rounds,
         valid_sets=[valid_set],
