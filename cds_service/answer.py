@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from cds_service.cards.deterioration import SERVICE_ID as DETERIORATION
 from cds_service.cards.deterioration import build_deterioration_card
 from cds_service.catalogue import CdsService
 from cds_service.clinical_data import ClinicalData, PatientData
@@ -15,7 +16,6 @@ from cds_service.scores import TimedValue, Vitals
 from cds_service.scores.news2 import score_news2
 from cds_service.scores.qsofa import score_qsofa
 
-DETERIORATION = "deterioration-patient-view"
 _PARTIAL_HISTORY = (
     "**Partial history:** the service's patient timeline was unavailable, so this is based on the "
     "prefetched data of this call alone."

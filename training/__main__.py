@@ -6,12 +6,17 @@ rows at batch sizes 1, 7 and 1024, and records the differences in the manifest."
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from training.artifacts import reference_statistics, update_manifest, verify, write_version
+from training.artifacts import (
+    add_card,
+    reference_statistics,
+    update_manifest,
+    verify,
+    write_version,
+)
 from training.dataset import definition_hash, load_or_build
 from training.model_card import render
 from training.pipeline import run
@@ -35,8 +40,7 @@ def main() -> None:
         print(f"verified in {time.perf_counter() - started:.0f} s")
         return
     report = run(args.data, args.out, args.cache, args.limit, args.folds)
-    models = report.pop("_models")
-    (args.out / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    models = report.pop("_models")  # `run` has written evaluation.json already
     if args.command == "evaluate":
         return
     provenance: dict[str, Any] = {
@@ -64,10 +68,8 @@ def main() -> None:
             "reference": reference,
             "provenance": provenance | {"trained_on": trained_on},
         }
-        # The card quotes the manifest entry (calibration, thresholds), so it is written second.
-        entry = write_version(args.out, version, card="", **documents)
-        card = render(version, trained_on, evaluation, entry)
-        entry = write_version(args.out, version, card=card, **documents)
+        entry = write_version(args.out, version, **documents)
+        add_card(args.out, entry, render(version, trained_on, evaluation, entry))
         update_manifest(args.out, entry, active=active)
     print(f"done in {time.perf_counter() - started:.0f} s")
 

@@ -147,9 +147,10 @@ def write_version(
     evaluation: dict[str, Any],
     reference: dict[str, Any],
     provenance: dict[str, Any],
-    card: str,
 ) -> dict[str, Any]:
-    """Export both ONNX forms and the documents; return the manifest entry."""
+    """Export both ONNX forms and the documents; return the manifest entry.
+
+    The model card quotes the entry, so it is added afterwards with ``add_card``."""
     folder = root / version
     folder.mkdir(parents=True, exist_ok=True)
     booster = trained.fitted.booster
@@ -168,7 +169,6 @@ def write_version(
     for name, content in (
         ("evaluation.json", json.dumps(evaluation, indent=2, allow_nan=False)),
         ("reference.json", json.dumps(reference, indent=2, allow_nan=False)),
-        ("card.md", card),
     ):
         (folder / name).write_text(content)
         files[name] = _sha256(folder / name)
@@ -207,6 +207,13 @@ def verify(root: Path, rows: npt.NDArray[np.float32]) -> dict[str, Any]:
         entry["onnx_agreement"] = onnx_agreement(booster, folder, rows, single_rows=len(rows))
     path.write_text(json.dumps(manifest, indent=2, allow_nan=False))
     return manifest
+
+
+def add_card(root: Path, entry: dict[str, Any], card: str) -> None:
+    """Write a version's model card and record its hash in the manifest entry."""
+    path = root / entry["version"] / "card.md"
+    path.write_text(card)
+    entry["files"]["card.md"] = _sha256(path)
 
 
 def update_manifest(root: Path, entry: dict[str, Any], active: bool) -> None:

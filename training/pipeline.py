@@ -65,8 +65,9 @@ def train_side(data: Dataset, seed: int) -> Trained:
     rest, held = split_patients(data.n_patients, 0.15, seed)
     train, valid = data.subset(rest), data.subset(held)
     fitted = fit(train, valid)
-    platt = calibrate(predict(fitted, valid), valid.labels)
-    p_valid = platt.apply(predict(fitted, valid))
+    raw_valid = predict(fitted, valid)
+    platt = calibrate(raw_valid, valid.labels)
+    p_valid = platt.apply(raw_valid)
     choice = best_threshold(p_valid, valid.labels, boundaries=valid.boundaries)
     # A second operating point for units that prefer sensitivity: 80 % of septic patients'
     # positive hours flagged (sensitivity chosen by us, reported with its PPV and alert rate).

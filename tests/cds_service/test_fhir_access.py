@@ -41,6 +41,21 @@ def request_for(fhir_url: str, prefetch: dict[str, Any] | None = None) -> dict[s
     }
 
 
+def paged_prefetch(next_url: str) -> dict[str, Any]:
+    """A prefetch whose vitals searchset has a second page at ``next_url``."""
+    return {
+        "patient": {"resourceType": "Patient", "id": "p1"},
+        "vitals": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [observation(1)],
+            "link": [{"relation": "next", "url": next_url}],
+        },
+        "labs": None,
+        "encounter": None,
+    }
+
+
 @pytest.fixture
 def other_server() -> Iterator[FhirTestServer]:
     server = FhirTestServer()
@@ -116,17 +131,7 @@ def test_next_link_to_another_server_is_not_followed(
     ehr: FhirTestServer,
     other_server: FhirTestServer,
 ) -> None:
-    prefetch = {
-        "patient": {"resourceType": "Patient", "id": "p1"},
-        "vitals": {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [observation(1)],
-            "link": [{"relation": "next", "url": f"{other_server.url}/Observation?page=2"}],
-        },
-        "labs": None,
-        "encounter": None,
-    }
+    prefetch = paged_prefetch(f"{other_server.url}/Observation?page=2")
     response = Caller(allowed_api, es_key, http).post(SERVICE, request_for(ehr.url, prefetch))
     assert response.status_code == 200
     assert other_server.requests == []
@@ -143,17 +148,7 @@ def test_next_link_on_the_same_server_is_followed_with_the_token(
         "type": "searchset",
         "entry": [observation(2)],
     }
-    prefetch = {
-        "patient": {"resourceType": "Patient", "id": "p1"},
-        "vitals": {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [observation(1)],
-            "link": [{"relation": "next", "url": f"{ehr.url}/Observation?page=2"}],
-        },
-        "labs": None,
-        "encounter": None,
-    }
+    prefetch = paged_prefetch(f"{ehr.url}/Observation?page=2")
     response = Caller(allowed_api, es_key, http).post(SERVICE, request_for(ehr.url, prefetch))
     assert response.status_code == 200
     assert [r.path for r in ehr.requests] == ["/fhir/Observation?page=2"]
