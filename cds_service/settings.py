@@ -8,7 +8,7 @@ platform teams and managed Redis offerings hand out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -136,6 +136,78 @@ class FhirSettings(BaseModel):
         return [normalise_base_url(url) for url in value]
 
 
+class OrderSet(BaseModel):
+    """One of the site's own order sets, offered as a suggestion: we never choose a drug."""
+
+    label: str = Field(description="What the clinician sees, e.g. 'Adult sepsis antibiotics'.")
+    resource: dict[str, Any] = Field(
+        description=(
+            "The FHIR resource a suggestion creates (e.g. a RequestGroup or a ServiceRequest that "
+            "instantiates the site's PlanDefinition). `subject` (and `encounter` when known) are "
+            "filled in per patient."
+        )
+    )
+
+    @field_validator("resource")
+    @classmethod
+    def _is_a_resource(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("resourceType"), str):
+            raise ValueError("an order set's resource needs a resourceType")
+        return value
+
+
+class SepsisSettings(BaseModel):
+    """The sepsis services: the model, who is scored, and how often a card may be shown."""
+
+    model_root: Path = Field(
+        default=Path("model_artifacts"),
+        description="The model registry: manifest.json and one folder per version.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description=(
+            "`auto`: the GEMM form on CUDA when a GPU session loads, else the tree-ensemble form "
+            "on the CPU. `cuda` refuses to start scoring without a GPU."
+        ),
+    )
+    min_age_years: float = Field(
+        default=18,
+        ge=0,
+        description="The model was trained and validated on adults (PhysioNet 2019 ICU patients).",
+    )
+    require_icu: bool = Field(
+        default=True,
+        description="Score only patients in an ICU stay: the population the model knows.",
+    )
+    icu_location_ids: list[str] = Field(
+        default_factory=list,
+        description="Location ids (e.g. `Location/123`) of the site's ICUs, beside name matching.",
+    )
+    stale_vitals_h: float = Field(
+        default=6,
+        gt=0,
+        description="No score when no vital sign is newer than this: it would describe the past.",
+    )
+    repeat_window_min: float = Field(
+        default=240,
+        ge=0,
+        description="No repeat of a patient's card within this time unless its risk band rises.",
+    )
+    snooze_h: float = Field(
+        default=12,
+        ge=0,
+        description="An override with a reason silences the service for that patient this long.",
+    )
+    smart_app_url: str | None = Field(
+        default=None,
+        description="A SMART app launch URL offered as a card link, if the site has one.",
+    )
+    order_sets: dict[Literal["antibiotics", "fluids", "vasopressors"], OrderSet] = Field(
+        default_factory=dict,
+        description="The site's own order sets; a kind not configured is named in text only.",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the API, the workers and the dev runner."""
 
@@ -208,6 +280,7 @@ class Settings(BaseSettings):
     )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
+    sepsis: SepsisSettings = Field(default_factory=SepsisSettings)
 
     @field_validator("public_base_url")
     @classmethod

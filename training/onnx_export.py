@@ -26,11 +26,11 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 import onnx
-import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from cds_service.inference.sessions import session_for, used_providers
 from training.gemm_onnx import (
     INPUT_NAME,
     MISSING_TYPES,
@@ -166,31 +166,3 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
     data = model.SerializeToString()
     Path(path).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-def session_for(
-    model: str | os.PathLike[str] | bytes, prefer_cuda: bool, *, intra_op_threads: int = 0
-) -> onnxruntime.InferenceSession:
-    """An ORT session on the CUDA provider when it loads, on the CPU otherwise.
-
-    TF32 is switched off: with it a GEMM-form model gave wrong risks on the GPU. Which provider the
-    session really uses is ``used_providers(session)``. ``intra_op_threads`` 0 lets ORT take one
-    thread per core; 1 suits prefork workers and small batches, where ORT's thread pool costs more
-    than it saves.
-    """
-    providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
-    if prefer_cuda:
-        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    source = model if isinstance(model, bytes) else os.fspath(model)
-    return onnxruntime.InferenceSession(source, options, providers=providers)
-
-
-def used_providers(session: onnxruntime.InferenceSession) -> list[str]:
-    """The providers ``session`` runs on, best first.
-
-    ``onnxruntime.get_available_providers()`` lists CUDA for the GPU build even where no GPU or CUDA
-    library is present; ``session.get_providers()`` reports what the session actually got.
-    """
-    return list(session.get_providers())
