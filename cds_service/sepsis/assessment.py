@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from cds_service.scores import TimedValue
+
 
 class RiskBand(StrEnum):
     """Bands cut at the model card's two operating points (chosen on training-side patients)."""
@@ -77,12 +79,6 @@ class TrendPoint:
     hours_ago: int
     time: datetime
     risk: float
-
-
-@dataclass(frozen=True)
-class TimedValue:
-    value: float
-    time: datetime
 
 
 @dataclass(frozen=True)
