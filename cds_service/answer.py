@@ -8,6 +8,7 @@ from cds_service.cards.deterioration import SERVICE_ID as DETERIORATION
 from cds_service.cards.deterioration import build_deterioration_card
 from cds_service.catalogue import CdsService
 from cds_service.clinical_data import ClinicalData, PatientData
+from cds_service.features import LOOKBACK_HOURS
 from cds_service.hook_call import HookCall
 from cds_service.hooks_models import Card, HookResponse
 from cds_service.metrics import Metrics
@@ -15,6 +16,11 @@ from cds_service.prefetch import PrefetchResult
 from cds_service.scores import TimedValue, Vitals
 from cds_service.scores.news2 import score_news2
 from cds_service.scores.qsofa import score_qsofa
+from cds_service.sepsis.answer import SepsisAnswer
+
+#: NEWS2 reads at most ``news2_lookback_h`` (<= 72 h) back; 24 h of timeline covers the default.
+DETERIORATION_WINDOW = timedelta(hours=24)
+SEPSIS_WINDOW = timedelta(hours=LOOKBACK_HOURS)
 
 _PARTIAL_HISTORY = (
     "**Partial history:** the service's patient timeline was unavailable, so this is based on the "
@@ -45,10 +51,12 @@ class Answerer:
         self,
         data: ClinicalData,
         metrics: Metrics,
+        sepsis: SepsisAnswer,
         news2_lookback: timedelta,
         news2_show_low: bool,
     ) -> None:
         self._data = data
+        self._sepsis = sepsis
         self._metrics = metrics
         self._lookback = news2_lookback
         self._show_low = news2_show_low
@@ -56,14 +64,17 @@ class Answerer:
     async def answer(
         self, service: CdsService, call: HookCall, prefetch: PrefetchResult, now: datetime
     ) -> HookResponse:
-        data = await self._data.assemble(call.context.patientId, prefetch, now)
+        patient = call.context.patientId
         cards: list[Card] = []
         if service.id == DETERIORATION:
+            window = max(DETERIORATION_WINDOW, self._lookback)
+            data = await self._data.assemble(patient, prefetch, now, window)
             card = self._deterioration(data)
             if card is not None:
                 cards.append(card)
-        # The sepsis services merge the data into the timeline but show nothing yet: a card
-        # without a validated model behind it would be a placeholder risk.
+        else:
+            data = await self._data.assemble(patient, prefetch, now, SEPSIS_WINDOW)
+            cards += await self._sepsis.cards(service.id, call.context, data, prefetch.resources)
         for card in cards:
             self._metrics.cards.labels(service=service.id, indicator=card.indicator).inc()
         return HookResponse(cards=cards)

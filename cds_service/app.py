@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -21,16 +23,21 @@ from cds_service.catalogue import Catalogue
 from cds_service.clinical_data import ClinicalData
 from cds_service.deps import Components
 from cds_service.errors import BadRequest, CdsError
+from cds_service.inference.registry import ModelHolder
+from cds_service.inference.scorer import Scorer
 from cds_service.logging_setup import quiet_identifying_loggers
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
 from cds_service.request_id import RequestIdMiddleware
 from cds_service.responses import JsonResponse
-from cds_service.routes import discovery, feedback, health, hooks
+from cds_service.routes import discovery, feedback, health, hooks, model_cards
 from cds_service.security.ehr_jwt import EhrJwtVerifier, KeySource
 from cds_service.security.pseudonym import Pseudonymiser
 from cds_service.security.replay import ReplayGuard
+from cds_service.sepsis.answer import SepsisAnswer
+from cds_service.sepsis.assess import SepsisAssessor
 from cds_service.settings import Settings
+from cds_service.store.alerts import AlertState
 from cds_service.store.feedback import FeedbackStore
 from cds_service.store.redis_client import create_redis
 from cds_service.store.timeline import TimelineStore
@@ -79,7 +86,10 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
 
 
 def build_components(
-    settings: Settings, redis: aioredis.Redis, http: httpx.AsyncClient
+    settings: Settings,
+    redis: aioredis.Redis,
+    http: httpx.AsyncClient,
+    executor: ThreadPoolExecutor,
 ) -> Components:
     metrics = Metrics()
     replay = ReplayGuard(redis, metrics, settings.jwt.clock_skew_s)
@@ -94,10 +104,23 @@ def build_components(
     timeline = TimelineStore(
         redis, pseudonymiser, VARIABLES, retention_s=settings.timeline_retention_h * 3600
     )
-    data = ClinicalData(timeline, metrics, window=timedelta(hours=24), codes=codes)
+    data = ClinicalData(timeline, metrics, codes=codes)
+    models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, metrics)
+    models.load_active()
+    scorer = Scorer(models, metrics, executor)
+    alerts = AlertState(
+        redis,
+        pseudonymiser,
+        repeat_window_s=settings.sepsis.repeat_window_min * 60,
+        snooze_s=settings.sepsis.snooze_h * 3600,
+    )
+    sepsis = SepsisAnswer(
+        SepsisAssessor(scorer, settings.sepsis, settings.base_url), alerts, settings.sepsis, metrics
+    )
     answerer = Answerer(
         data,
         metrics,
+        sepsis,
         news2_lookback=timedelta(hours=settings.news2_lookback_h),
         news2_show_low=settings.news2_show_low,
     )
@@ -111,6 +134,8 @@ def build_components(
         prefetch=PrefetchResolver(http, settings.fhir, metrics),
         feedback=FeedbackStore(redis, pseudonymiser, settings.feedback_retention_days),
         answerer=answerer,
+        models=models,
+        alerts=alerts,
     )
 
 
@@ -128,10 +153,18 @@ def create_app(
         own_http = http is None
         redis_client = redis if redis is not None else create_redis(settings)
         http_client = http if http is not None else httpx.AsyncClient(follow_redirects=False)
-        app.state.components = build_components(settings, redis_client, http_client)
+        # One scoring thread: see cds_service.inference.scorer.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
+        app.state.components = build_components(settings, redis_client, http_client, executor)
+        # What start-up allocated (the model, the catalogue, the code index) lives for the whole
+        # process: frozen, the garbage collector stops walking it on every full collection,
+        # which otherwise stalls a call for tens of milliseconds (bench/README.md).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            executor.shutdown(wait=False, cancel_futures=True)
             if own_http:
                 await http_client.aclose()
             if own_redis:
@@ -161,6 +194,6 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestIdMiddleware)
-    for module in (discovery, hooks, feedback, health):
+    for module in (discovery, hooks, feedback, health, model_cards):
         app.include_router(module.router)
     return app

@@ -61,8 +61,8 @@ _USAGE = (
     "user/ read scopes on Patient, Encounter and Observation."
 )
 _SEPSIS_LIMITS = (
-    "Adult inpatients. Sepsis risk from a validated model is not yet deployed: until it is, the "
-    "service answers with no cards rather than with an unvalidated number."
+    "Scores adults in an ICU stay only, the population the model was trained and validated in "
+    "(PhysioNet 2019); other patients get no card. Each card links the model card of its version."
 )
 
 

@@ -50,12 +50,9 @@ def latest_values(observations: list[CanonicalObservation]) -> dict[str, Canonic
 
 
 class ClinicalData:
-    def __init__(
-        self, timeline: TimelineStore, metrics: Metrics, window: timedelta, codes: CodeIndex
-    ) -> None:
+    def __init__(self, timeline: TimelineStore, metrics: Metrics, codes: CodeIndex) -> None:
         self._timeline = timeline
         self._metrics = metrics
-        self._window = window
         self._codes = codes
 
     def _count(self, stats: MappingStats) -> None:
@@ -68,7 +65,10 @@ class ClinicalData:
         counter.labels(outcome="bad-unit").inc(sum(stats.bad_unit.values()))
         counter.labels(outcome="unmapped").inc(sum(stats.unmapped.values()))
 
-    async def assemble(self, patient: str, prefetch: PrefetchResult, now: datetime) -> PatientData:
+    async def assemble(
+        self, patient: str, prefetch: PrefetchResult, now: datetime, window: timedelta
+    ) -> PatientData:
+        """Map the prefetch, merge it into the timeline and read back ``window`` up to now."""
         stats = MappingStats()
         mapped = map_observations(
             (prefetch.resources.get(key) for key in OBSERVATION_KEYS),
@@ -80,7 +80,7 @@ class ClinicalData:
         latest_allowed = now + FUTURE_TOLERANCE
         future = sum(1 for o in mapped if o.time > latest_allowed)
         self._metrics.observations.labels(outcome="future").inc(future)
-        start = now - self._window
+        start = now - window
         history: Literal["timeline", "prefetch-only"] = "timeline"
         try:
             _, observations = await self._timeline.merge_and_read(

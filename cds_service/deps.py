@@ -11,10 +11,12 @@ from fastapi import Depends, Request
 
 from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
+from cds_service.inference.registry import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
 from cds_service.security.ehr_jwt import EhrJwtVerifier
 from cds_service.settings import Settings
+from cds_service.store.alerts import AlertState
 from cds_service.store.feedback import FeedbackStore
 
 
@@ -31,6 +33,8 @@ class Components:
     prefetch: PrefetchResolver
     feedback: FeedbackStore
     answerer: Answerer
+    models: ModelHolder
+    alerts: AlertState
 
 
 async def _components(request: Request) -> Components:

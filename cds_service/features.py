@@ -220,3 +220,50 @@ def feature_matrix(grid: HourlyGrid, context: PatientContext) -> Array:
     matrix = np.column_stack(columns).astype(np.float64)
     assert matrix.shape[1] == len(FEATURE_NAMES)  # noqa: S101 - names and columns must agree
     return matrix
+
+
+#: Combined features and the model variables they are computed from.
+_COMBINED = {
+    "shock_index": ("heart_rate", "sbp"),
+    "bun_creatinine_ratio": ("bun", "creatinine"),
+    "spo2_fio2_ratio": ("spo2", "fio2"),
+    "sofa_coagulation": ("platelets",),
+    "sofa_liver": ("bilirubin_total",),
+    "sofa_renal": ("creatinine",),
+    "sofa_cardiovascular_map": ("map",),
+    "qsofa_partial": ("resp_rate", "sbp"),
+    "news2_resp_rate": ("resp_rate",),
+    "news2_spo2": ("spo2",),
+    "news2_sbp": ("sbp",),
+    "news2_heart_rate": ("heart_rate",),
+    "news2_temperature": ("temperature",),
+    "news2_partial_sum": ("resp_rate", "spo2", "sbp", "heart_rate", "temperature"),
+}
+#: Context groups: what the patient's record says beyond the timeline.
+CONTEXT_GROUPS = {
+    "age": ("age_years",),
+    "sex": ("sex_male",),
+    "icu_unit": ("unit_micu", "unit_sicu"),
+    "time_in_icu": ("icu_hours", "hospital_hours"),
+}
+
+
+def feature_groups() -> dict[str, tuple[int, ...]]:
+    """Feature columns by what they are computed from: one group per model variable (its own
+    features and every combination that uses it) and one per context fact. Explanations reset a
+    whole group at once, so that a variable's influence is not split over its derived features."""
+    index = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    groups: dict[str, list[int]] = {v: [] for v in MODEL_VARIABLES}
+    for v in MODEL_VARIABLES:
+        groups[v] += [index[f"{v}_{kind}"] for kind in ("last", "hours_since", "count_24h")]
+        if v in DYNAMIC:
+            groups[v] += [
+                index[f"{v}_{stat}_{w}h"] for w in WINDOWS for stat in ("mean", "min", "max")
+            ]
+            groups[v].append(index[f"{v}_delta_6h"])
+    for name, sources in _COMBINED.items():
+        for v in sources:
+            groups[v].append(index[name])
+    for group, names in CONTEXT_GROUPS.items():
+        groups[group] = [index[n] for n in names]
+    return {group: tuple(sorted(columns)) for group, columns in groups.items()}

@@ -75,3 +75,33 @@ class Metrics:
             ["service", "indicator"],
             registry=self.registry,
         )
+        self.inference_latency = Histogram(
+            "cds_inference_latency_seconds",
+            "Time one ONNX Runtime batch took (features in, calibrated risks out), by provider.",
+            ["provider"],
+            buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        self.inference_rows = Counter(
+            "cds_inference_rows",
+            "Feature rows scored, by provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.cards_suppressed = Counter(
+            "cds_cards_suppressed",
+            "Cards built but not shown, by service and reason (repeat, snoozed).",
+            ["service", "reason"],
+            registry=self.registry,
+        )
+        self.alert_state_unavailable = Counter(
+            "cds_alert_state_unavailable",
+            "Cards shown without the repeat check because Redis did not answer.",
+            registry=self.registry,
+        )
+        self.model_loads = Counter(
+            "cds_model_loads",
+            "Model versions loaded or refused, by outcome (loaded or the refusal reason).",
+            ["outcome"],
+            registry=self.registry,
+        )

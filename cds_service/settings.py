@@ -160,7 +160,7 @@ class SepsisSettings(BaseModel):
     """The sepsis services: the model, who is scored, and how often a card may be shown."""
 
     model_root: Path = Field(
-        default=Path("model_artifacts"),
+        default=Path(__file__).resolve().parents[1] / "model_artifacts",
         description="The model registry: manifest.json and one folder per version.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(

@@ -27,6 +27,8 @@ async def feedback(service_id: str, request: Request, c: ComponentsDep) -> JsonR
     body = validate(FeedbackRequest, await read_json(request, c.settings.max_request_bytes))
     caller = f"{client.iss}|{client.tenant or ''}" if client else None
     result = await c.feedback.save(service.id, caller, body.feedback)
+    # After the entry is stored: an EHR that retries after a 503 here stores nothing twice.
+    await c.alerts.apply_feedback(service.id, body.feedback)
     for outcome, stored in result.outcomes:
         c.metrics.feedback.labels(
             service=service.id, outcome=outcome, stored=str(stored).lower()

@@ -21,17 +21,21 @@ async def healthz() -> JsonResponse:
 
 @router.get("/readyz")
 async def readyz(c: ComponentsDep) -> JsonResponse:
-    """Ready: every part a call needs answers."""
+    """Ready: every part a call needs answers; names the model version and provider in use."""
     try:
         redis_ok = bool(await c.redis.ping())
     except (RedisError, OSError):
         redis_ok = False
-    checks = {"redis": "ok" if redis_ok else "unreachable"}
+    model = c.models.current
+    checks = {
+        "redis": "ok" if redis_ok else "unreachable",
+        "model": "ok" if model else f"not-loaded: {c.models.last_refusal or 'unknown'}",
+    }
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse(
-        {"status": "ready" if ready else "not-ready", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "not-ready", "checks": checks}
+    if model is not None:
+        body["model"] = {"version": model.version, "form": model.form, "provider": model.provider}
+    return JsonResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")
