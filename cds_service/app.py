@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from cds_service.catalogue import Catalogue
 from cds_service.clinical_data import ClinicalData
 from cds_service.deps import Components
 from cds_service.errors import BadRequest, CdsError
+from cds_service.gc_watch import freeze_startup_heap, watch_pauses
 from cds_service.inference.registry import ModelHolder
 from cds_service.inference.scorer import Scorer
 from cds_service.logging_setup import quiet_identifying_loggers
@@ -156,14 +156,14 @@ def create_app(
         # One scoring thread: see cds_service.inference.scorer.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
         app.state.components = build_components(settings, redis_client, http_client, executor)
-        # What start-up allocated (the model, the catalogue, the code index) lives for the whole
-        # process: frozen, the garbage collector stops walking it on every full collection,
-        # which otherwise stalls a call for tens of milliseconds (bench/README.md).
-        gc.collect()
-        gc.freeze()
+        components = app.state.components
+        stop_watching = watch_pauses(components.metrics.gc_pause)
+        if settings.gc_freeze:
+            freeze_startup_heap()
         try:
             yield
         finally:
+            stop_watching()
             executor.shutdown(wait=False, cancel_futures=True)
             if own_http:
                 await http_client.aclose()

@@ -105,3 +105,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "cds_gc_pause_seconds",
+            "Python garbage-collector pauses, by generation.",
+            ["generation"],
+            buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )

@@ -278,6 +278,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="TOML files mapping local codes to variables, beside LOINC and the built-ins.",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Freeze the start-up heap out of the garbage collector (cds_service.gc_watch).",
+    )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
     sepsis: SepsisSettings = Field(default_factory=SepsisSettings)

@@ -123,6 +123,7 @@ class SepsisAssessor:
         encounter_id: str | None,
     ) -> SepsisAssessment | NotScored:
         """Raises ``ModelUnavailable`` when no model is loaded."""
+        model = self._scorer.model()
         stay = self.eligibility(data, resources)
         if isinstance(stay, NotScored):
             return stay
@@ -137,7 +138,6 @@ class SepsisAssessor:
         )
         rows = feature_matrix(grid, context).astype(np.float32)
         trend_rows = rows[-TREND_HOURS:]
-        model = self._scorer.model()
         batch = np.vstack([trend_rows, self._occluded(rows[-1], model.reference_medians)])
         risks = await self._scorer.score(model, batch)
         trend_risks = risks[: len(trend_rows)]

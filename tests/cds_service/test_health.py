@@ -18,7 +18,12 @@ def test_live_and_ready(api: LiveApi, http: httpx.Client) -> None:
     assert http.get(f"{api.url}/healthz").json() == {"status": "ok"}
     ready = http.get(f"{api.url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"redis": "ok"}}
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["checks"] == {"redis": "ok", "model": "ok"}
+    # CI has no GPU: the tree-ensemble form on the CPU (the CUDA path is proven in bench/)
+    assert body["model"]["version"].startswith("sepsis-gbdt-")
+    assert body["model"]["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 
 def test_metrics_are_prometheus_text(api: LiveApi, http: httpx.Client) -> None:
