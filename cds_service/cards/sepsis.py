@@ -252,11 +252,28 @@ def _trend(assessment: SepsisAssessment) -> str:
     )
 
 
+#: UCUM codes of the catalogue as a clinician writes them.
+DISPLAY_UNITS = {
+    "mm[Hg]": "mmHg",
+    "Cel": "°C",
+    "10*3/uL": "×10³/µL",  # noqa: RUF001 - the multiplication sign is meant
+    "[pH]": "",
+    "1": "",
+    "{score}": "",
+}
+
+
+def value_text(value: float, ucum: str) -> str:
+    """``78 mmHg``, ``36.3 °C``, ``0.25`` (a fraction), ``7.31`` (pH): a value as charted."""
+    unit = DISPLAY_UNITS.get(ucum, ucum)
+    number = f"{round_half_up(value, 2).normalize():f}"
+    return f"{number} {unit}" if unit else number
+
+
 def _driver_value(driver: Driver) -> str:
     if driver.value is None:
-        return "not measured in 72 h"
-    unit = f" {driver.unit}" if driver.unit else ""
-    return f"{driver.value:g}{unit}"
+        return ""
+    return value_text(driver.value, driver.unit)
 
 
 def _drivers(assessment: SepsisAssessment) -> str:

@@ -192,22 +192,27 @@ class SepsisAssessor:
             if group in BY_NAME:
                 variable = BY_NAME[group]
                 newest = data.latest.get(group)
+                if newest is None:
+                    # A variable never measured moves the risk through its missingness; that is
+                    # not one of the patient's own values, and "not measured lowers the risk"
+                    # would read as advice not to measure.
+                    continue
                 drivers.append(
                     Driver(
                         variable=group,
                         label=variable.label,
                         unit=variable.unit,
-                        value=newest.value if newest else None,
-                        time=newest.time if newest else None,
+                        value=newest.value,
+                        time=newest.time,
                         effect=float(effect),
                     )
                 )
             else:
                 label, unit = _CONTEXT_LABELS[group]
-                value = {
-                    "age": context.age_years,
-                    "time_in_icu": float(now_bin),
-                }.get(group)
+                fact = {"sex": context.sex, "icu_unit": context.icu_unit}.get(group)
+                if group in ("sex", "icu_unit"):
+                    label = f"{label}: {fact or 'not recorded'}"
+                value = {"age": context.age_years, "time_in_icu": float(now_bin)}.get(group)
                 drivers.append(Driver(group, label, unit, value, None, float(effect)))
         drivers.sort(key=lambda d: -abs(d.effect))
         return drivers[:TOP_DRIVERS]
@@ -220,7 +225,7 @@ class SepsisAssessor:
             obs = data.latest.get(name)
             if obs is not None and obs.time >= fresh and obs.value < limit:
                 hypotension = True
-                signs.append(f"{BY_NAME[name].label} {obs.value:g} {BY_NAME[name].unit}")
+                signs.append(f"{BY_NAME[name].label} {obs.value:g} mmHg")
         lactate_obs = data.latest.get("lactate")
         lactate = None
         if lactate_obs is not None and lactate_obs.time >= data.now - LACTATE_CURRENT:

@@ -56,8 +56,8 @@ class Driver:
 
     ``effect`` is risk(as measured) - risk(with this variable's features reset to the reference
     population's median): positive raises the risk. ``value``/``time`` are the newest measurement
-    in the look-back; both None when the variable was not measured (then being unmeasured is
-    what moved the risk).
+    in the look-back. Context facts (age, time in ICU, sex, ICU type) have no time, and sex and
+    ICU type no number either: their label says it ("Sex: female").
     """
 
     variable: str
