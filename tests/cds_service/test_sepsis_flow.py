@@ -25,7 +25,7 @@ from sepsis_patients import (
     find_cases,
     hook_request,
 )
-from support import Caller, EhrKey, LiveApi
+from support import Caller, EhrKey, FhirTestServer, LiveApi
 
 pytestmark = [
     pytest.mark.integration,
@@ -270,9 +270,51 @@ def test_the_news2_card_does_not_restate_the_sepsis_risk(caller: Caller, high: S
         assert percent(high.risk) not in text
 
 
+def test_data_not_prefetched_is_fetched_from_the_allow_listed_server(
+    start_api: Callable[..., LiveApi],
+    fhir_server: FhirTestServer,
+    es_key: EhrKey,
+    http: httpx.Client,
+    high: SepsisCase,
+) -> None:
+    api = start_api(fhir={"allowed_servers": [fhir_server.url]})
+    request = hook_request(high, patient_id="fetched-1")
+    prefetch = request.pop("prefetch")
+    fhir_server.routes.clear()
+    fhir_server.requests.clear()
+    fhir_server.routes.update(
+        {
+            "Patient/fetched-1": prefetch["patient"],
+            "Encounter?": prefetch["encounter"],
+            "Observation?patient=fetched-1&category=vital-signs": prefetch["vitals"],
+            "Observation?patient=fetched-1&category=laboratory": prefetch["labs"],
+        }
+    )
+    request["fhirServer"] = fhir_server.url
+    request["fhirAuthorization"] = {
+        "access_token": "token-for-this-server",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds-service",
+    }
+    cards = cards_of(Caller(api, es_key, http).post(PATIENT_VIEW, request))
+    assert len(cards) == 1
+    assert percent(high.risk) in cards[0]["summary"]
+    assert len(fhir_server.requests) == 4
+    assert {r.headers["authorization"] for r in fhir_server.requests} == {
+        "Bearer token-for-this-server"
+    }
+    fhir_server.routes.clear()
+
+
 def test_inference_latency_is_observed(
     caller: Caller, api: LiveApi, http: httpx.Client, high: SepsisCase
 ) -> None:
-    caller.post(PATIENT_VIEW, hook_request(high))
-    text = http.get(f"{api.url}/metrics").text
-    assert re.search(r'^cds_inference_latency_seconds_count\{provider="\w+"\} [1-9]', text, re.M)
+    provider = "CPUExecutionProvider"
+    before = metric(http, api, "cds_inference_latency_seconds_count", provider=provider)
+    rows = metric(http, api, "cds_inference_rows_total", provider=provider)
+    cards_of(caller.post(PATIENT_VIEW, hook_request(high)))
+    # One ORT batch per call: the trend hours and every occlusion variant together.
+    assert metric(http, api, "cds_inference_latency_seconds_count", provider=provider) == before + 1
+    assert metric(http, api, "cds_inference_rows_total", provider=provider) - rows > 24
