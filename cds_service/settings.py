@@ -208,6 +208,74 @@ class SepsisSettings(BaseModel):
     )
 
 
+class SmartBackendSettings(BaseModel):
+    """The workers' own FHIR access: SMART Backend Services (client credentials, JWT assertion)."""
+
+    token_url: str = Field(description="The EHR authorisation server's token endpoint.")
+    client_id: str = Field(description="The client id the EHR registered for this service.")
+    private_key_pem: SecretStr = Field(description="PEM private key that signs the assertion.")
+    alg: Literal["RS384", "ES384"] = Field(default="ES384", description="Assertion algorithm.")
+    kid: str = Field(description="`kid` of the public key in the JWK Set registered with the EHR.")
+    scope: str = Field(
+        default="system/Patient.rs system/Encounter.rs system/Observation.rs",
+        description="Scopes asked for; add `system/RiskAssessment.cu` for write-back.",
+    )
+
+
+class WorkerSettings(BaseModel):
+    """Celery workers: the census they keep fresh, their schedule and their own FHIR access."""
+
+    fhir_base_url: str | None = Field(
+        default=None, description="The EHR FHIR server the workers read (and write back to)."
+    )
+    smart: SmartBackendSettings | None = Field(
+        default=None, description="How the workers get a token; none: unauthenticated (tests)."
+    )
+    census_locations: list[str] = Field(
+        default_factory=list,
+        description="Locations (`Location/icu-1`) whose in-progress stays form the census.",
+    )
+    census_interval_s: float = Field(default=300, gt=0, description="Census refresh period.")
+    rescore_interval_s: float = Field(default=300, gt=0, description="Census rescoring period.")
+    stale_after_s: float = Field(
+        default=600,
+        gt=0,
+        description="A patient refreshed longer ago than this is refreshed again.",
+    )
+    fresh_for_hooks_s: float = Field(
+        default=900,
+        ge=0,
+        description="A hook call for a patient refreshed this recently fetches nothing from FHIR.",
+    )
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=10,
+        description=(
+            "Redis transport: an unacknowledged task is delivered again after this. No countdown "
+            "or ETA may be longer (Celery would deliver it twice)."
+        ),
+    )
+    task_time_limit_s: float = Field(default=120, gt=0, description="Hard time limit per task.")
+    max_retries: int = Field(default=5, ge=0, description="Retries of a task after FHIR errors.")
+    retry_backoff_max_s: int = Field(
+        default=300, ge=1, description="Cap of the exponential retry backoff (below visibility)."
+    )
+    writeback: bool = Field(
+        default=False,
+        description="Create or update a RiskAssessment when a patient crosses the alert level.",
+    )
+    identifier_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Fernet key (urlsafe base64, 32 bytes) that encrypts FHIR ids kept in Redis for "
+            "write-back. Required for the workers; from a Secret in Kubernetes."
+        ),
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve worker metrics on this port."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the API, the workers and the dev runner."""
 
@@ -285,6 +353,7 @@ class Settings(BaseSettings):
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
     sepsis: SepsisSettings = Field(default_factory=SepsisSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @field_validator("public_base_url")
     @classmethod
