@@ -22,14 +22,14 @@ from cds_service.cards.sepsis import (
 )
 from cds_service.hooks_models import Card
 from cds_service.sepsis.assessment import RiskBand, SepsisAssessment
-from fhir_adapters.variables import VARIABLES
+from fhir_adapters.variables import VARIABLES, is_loinc
 
-LOINC = "http://loinc.org"
 #: The catalogue's lactate codes (serum/plasma, blood, arterial) and 2519-7, venous blood.
 LACTATE_CODES = frozenset({*VARIABLES["lactate"].loinc, "2519-7"})
-#: 600-7 Bacteria identified in Blood by Culture; 17928-3 and 17929-1, by aerobic and by anaerobic
-#: culture.
-BLOOD_CULTURE_CODES = frozenset({"600-7", "17928-3", "17929-1"})
+#: 600-7 Bacteria identified in Blood by Culture; 17928-3 ... by Aerobe culture; 17934-1 ... by
+#: Anaerobe culture. Not 17929-1: that is "Bacteria # 2 identified in Blood by Aerobe culture", a
+#: second isolate's result, never what a clinician orders.
+BLOOD_CULTURE_CODES = frozenset({"600-7", "17928-3", "17934-1"})
 ATC = "http://www.whocc.no/atc"
 #: ATC J01: antibacterials for systemic use. Drugs coded only in RxNorm or a local system are not
 #: classified (that needs a drug-class terminology service): such a draft counts as no antibiotic.
@@ -61,11 +61,14 @@ def _codings(concept: Any) -> Iterator[tuple[str, str]]:
 
 
 def draft_order_content(draft_orders: dict[str, Any]) -> DraftOrderContent:
+    """What of the sepsis work-up the ``draftOrders`` Bundle of order-select/order-sign holds."""
     lactate = culture = antibiotic = False
     for resource in _resources(draft_orders):
         kind = resource.get("resourceType")
         if kind == "ServiceRequest":
-            codes = {code for system, code in _codings(resource.get("code")) if system == LOINC}
+            # The LOINC OID counts too (is_loinc), as it does for observations: a lactate coded
+            # that way is still a lactate, and missing it would raise a false alert.
+            codes = {code for system, code in _codings(resource.get("code")) if is_loinc(system)}
             lactate |= bool(codes & LACTATE_CODES)
             culture |= bool(codes & BLOOD_CULTURE_CODES)
         elif kind == "MedicationRequest":
@@ -79,7 +82,11 @@ def draft_order_content(draft_orders: dict[str, Any]) -> DraftOrderContent:
 def _summary(assessment: SepsisAssessment, content: DraftOrderContent) -> str:
     risk = pct(assessment.risk)
     if content.has_antibiotic and not content.has_blood_culture:
-        return f"Sepsis risk {risk}: draw blood cultures before the antibiotic in these orders"
+        lactate = "" if content.has_lactate else "; add a lactate"
+        return (
+            f"Sepsis risk {risk}: draw blood cultures before the antibiotic in these "
+            f"orders{lactate}"
+        )
     missing = [
         name
         for name, present in (

@@ -12,8 +12,9 @@ than ``stale_vitals_h``. Everyone else gets no score; the reason is counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ from cds_service.sepsis.assessment import (
 from cds_service.sepsis.stay import IcuStay, icu_stay
 from cds_service.settings import SepsisSettings
 from fhir_adapters.binning import bin_of, bin_start
+from fhir_adapters.canonical import CanonicalObservation
 from fhir_adapters.variables import VARIABLES as BY_NAME
 
 TREND_HOURS = 24
@@ -70,6 +72,20 @@ _CONTEXT_LABELS = {
 class NotScored:
     #: a fixed label for the metric
     reason: Literal["age-unknown", "under-age", "not-icu", "before-icu", "stale-vitals"]
+
+
+def feature_rows(
+    observations: Iterable[CanonicalObservation],
+    icu_start: datetime,
+    context: PatientContext,
+    now: datetime,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], int]:
+    """Feature rows of the last ``TREND_HOURS`` hours up to ``now`` (the last row is now), their
+    bins, and the current bin: what the hook call and the workers both score."""
+    now_bin = bin_of(now, icu_start)
+    first_bin = max(1, now_bin - LOOKBACK_HOURS + 1 - (TREND_HOURS - 1))
+    grid = grid_from_observations(observations, icu_start, first_bin, now_bin)
+    return feature_matrix(grid, context).astype(np.float32), grid.bins, now_bin
 
 
 def band_of(risk: float, model: LoadedModel) -> RiskBand:
@@ -127,23 +143,20 @@ class SepsisAssessor:
         stay = self.eligibility(data, resources)
         if isinstance(stay, NotScored):
             return stay
-        now_bin = bin_of(data.now, stay.icu_start)
-        first_bin = max(1, now_bin - LOOKBACK_HOURS + 1 - (TREND_HOURS - 1))
-        grid = grid_from_observations(data.observations, stay.icu_start, first_bin, now_bin)
         context = PatientContext(
             age_years=data.facts.age_years,
             sex=_sex(resources.get("patient")),
             icu_unit=stay.unit,
             hospital_to_icu_hours=stay.hospital_to_icu_hours,
         )
-        rows = feature_matrix(grid, context).astype(np.float32)
+        rows, bins, now_bin = feature_rows(data.observations, stay.icu_start, context, data.now)
         trend_rows = rows[-TREND_HOURS:]
         batch = np.vstack([trend_rows, self._occluded(rows[-1], model.reference_medians)])
         risks = await self._scorer.score(model, batch)
         trend_risks = risks[: len(trend_rows)]
         risk = float(trend_risks[-1])
         effects = risk - risks[len(trend_rows) :]
-        bins = grid.bins[-len(trend_rows) :]
+        bins = bins[-len(trend_rows) :]
         return SepsisAssessment(
             patient_id=patient_id,
             encounter_id=encounter_id or stay.encounter_id,
