@@ -17,6 +17,7 @@ from cds_service.scores import TimedValue, Vitals
 from cds_service.scores.news2 import score_news2
 from cds_service.scores.qsofa import score_qsofa
 from cds_service.sepsis.answer import SepsisAnswer
+from cds_service.store.patients import StayContext
 
 #: NEWS2 reads at most ``news2_lookback_h`` (<= 72 h) back; 24 h of timeline covers the default.
 DETERIORATION_WINDOW = timedelta(hours=24)
@@ -62,7 +63,12 @@ class Answerer:
         self._show_low = news2_show_low
 
     async def answer(
-        self, service: CdsService, call: HookCall, prefetch: PrefetchResult, now: datetime
+        self,
+        service: CdsService,
+        call: HookCall,
+        prefetch: PrefetchResult,
+        now: datetime,
+        cached: StayContext | None = None,
     ) -> HookResponse:
         patient = call.context.patientId
         cards: list[Card] = []
@@ -74,7 +80,9 @@ class Answerer:
                 cards.append(card)
         else:
             data = await self._data.assemble(patient, prefetch, now, SEPSIS_WINDOW)
-            cards += await self._sepsis.cards(service.id, call.context, data, prefetch.resources)
+            cards += await self._sepsis.cards(
+                service.id, call.context, data, prefetch.resources, cached
+            )
         for card in cards:
             self._metrics.cards.labels(service=service.id, indicator=card.indicator).inc()
         return HookResponse(cards=cards)

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import httpx
 import redis.asyncio as aioredis
+from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,14 +40,10 @@ from cds_service.sepsis.assess import SepsisAssessor
 from cds_service.settings import Settings
 from cds_service.store.alerts import AlertState
 from cds_service.store.feedback import FeedbackStore
+from cds_service.store.patients import PatientCache
 from cds_service.store.redis_client import create_redis
 from cds_service.store.timeline import TimelineStore
-from fhir_adapters.site_codes import (
-    BUILTIN_MAPS,
-    CodeIndex,
-    load_builtin_site_map,
-    load_site_map,
-)
+from fhir_adapters.site_codes import site_index
 from fhir_adapters.variables import VARIABLES
 
 log = logging.getLogger(__name__)
@@ -95,16 +92,20 @@ def build_components(
     replay = ReplayGuard(redis, metrics, settings.jwt.clock_skew_s)
     verifier = EhrJwtVerifier(settings.jwt, KeySource(settings.jwt, http), replay, metrics)
     pseudonymiser = Pseudonymiser(settings.pseudonym_key)
-    codes = CodeIndex(
-        [
-            *(load_builtin_site_map(name) for name in BUILTIN_MAPS),
-            *(load_site_map(path) for path in settings.site_maps),
-        ]
-    )
+    codes = site_index(settings.site_maps)
     timeline = TimelineStore(
         redis, pseudonymiser, VARIABLES, retention_s=settings.timeline_retention_h * 3600
     )
     data = ClinicalData(timeline, metrics, codes=codes)
+    # With the workers' key the API can use their cached stay context (hook calls then need no
+    # FHIR read); without it, it reads only the unencrypted freshness and lag figures.
+    key = settings.worker.identifier_key
+    patients = PatientCache(
+        redis,
+        pseudonymiser,
+        Fernet(key.get_secret_value().encode()) if key else None,
+        retention_s=settings.timeline_retention_h * 3600,
+    )
     models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, metrics)
     models.load_active()
     scorer = Scorer(models, metrics, executor)
@@ -136,6 +137,7 @@ def build_components(
         answerer=answerer,
         models=models,
         alerts=alerts,
+        patients=patients,
     )
 
 

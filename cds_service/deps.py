@@ -18,6 +18,7 @@ from cds_service.security.ehr_jwt import EhrJwtVerifier
 from cds_service.settings import Settings
 from cds_service.store.alerts import AlertState
 from cds_service.store.feedback import FeedbackStore
+from cds_service.store.patients import PatientCache
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Components:
     answerer: Answerer
     models: ModelHolder
     alerts: AlertState
+    patients: PatientCache
 
 
 async def _components(request: Request) -> Components:

@@ -40,6 +40,7 @@ class Source(StrEnum):
     EMPTY = "empty"  # the query ran and found nothing
     FETCHED = "fetched"  # read by the service from fhirServer
     UNAVAILABLE = "unavailable"  # neither prefetched nor fetchable
+    CACHED = "cached"  # not prefetched, and not fetched: the workers' cache is fresh
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class PrefetchResult:
 
     resources: dict[str, dict[str, Any] | None]
     sources: dict[str, Source]
+
+
+def _is_outcome(value: dict[str, Any] | None) -> bool:
+    return value is not None and value.get("resourceType") == "OperationOutcome"
 
 
 def render(query: str, context: dict[str, Any]) -> str | None:
@@ -123,7 +128,11 @@ class PrefetchResolver:
         context: dict[str, Any],
         prefetch: dict[str, dict[str, Any] | None] | None,
         access: FhirAccess | None,
+        *,
+        cached: bool = False,
     ) -> PrefetchResult:
+        """Each key's data. With ``cached`` (the workers refreshed this patient recently) a key
+        that was not prefetched is not fetched either: the timeline and the cached stay hold it."""
         given = prefetch or {}
         for key, template in service.prefetch.items():
             value = given.get(key)
@@ -133,7 +142,10 @@ class PrefetchResolver:
         resources: dict[str, dict[str, Any] | None] = {}
         sources: dict[str, Source] = {}
         for key, template in service.prefetch.items():
-            resource, source = await self._one(key, template, given, context, client)
+            if cached and (key not in given or _is_outcome(given[key])):
+                resource, source = None, Source.CACHED
+            else:
+                resource, source = await self._one(key, template, given, context, client)
             resources[key], sources[key] = resource, source
             self._metrics.prefetch.labels(service=service.id, key=key, source=source).inc()
         unmet = [

@@ -240,3 +240,13 @@ class CodeIndex:
 def default_index() -> CodeIndex:
     """LOINC plus every built-in site map; built once, on first use."""
     return CodeIndex(load_builtin_site_map(name) for name in BUILTIN_MAPS)
+
+
+def site_index(extra_maps: Iterable[Path]) -> CodeIndex:
+    """The built-in site maps plus a site's own files: what the API and the workers both read."""
+    return CodeIndex(
+        [
+            *(load_builtin_site_map(name) for name in BUILTIN_MAPS),
+            *(load_site_map(path) for path in extra_maps),
+        ]
+    )

@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 
 from cds_service.deps import ComponentsDep
 from cds_service.responses import JsonResponse
+from cds_service.worker_metrics import worker_registry
 
 router = APIRouter()
 
@@ -40,4 +41,6 @@ async def readyz(c: ComponentsDep) -> JsonResponse:
 
 @router.get("/metrics")
 async def metrics(c: ComponentsDep) -> Response:
-    return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    workers = await worker_registry(c.redis, c.patients)
+    body = generate_latest(c.metrics.registry) + generate_latest(workers)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 
 from cds_service.body import read_json
+from cds_service.cards.deterioration import SERVICE_ID as DETERIORATION
 from cds_service.deps import ComponentsDep
 from cds_service.errors import NotFound
 from cds_service.hook_call import parse_hook_call
@@ -33,7 +34,18 @@ async def call_service(service_id: str, request: Request, c: ComponentsDep) -> J
     access = fhir_access_for(
         call.request.fhirServer, auth.access_token if auth else None, c.settings.fhir
     )
-    prefetch = await c.prefetch.resolve(service, call.context_values, call.request.prefetch, access)
-    response = await c.answerer.answer(service, call, prefetch, datetime.now(UTC))
+    # A patient the workers keep fresh needs no FHIR read at all (the sepsis services only: the
+    # cache holds what the sepsis model needs, not NEWS2's pregnancy and SpO2 target facts).
+    cached = (
+        None
+        if service.id == DETERIORATION
+        else await c.patients.fresh_context(
+            call.context.patientId, c.settings.worker.fresh_for_hooks_s
+        )
+    )
+    prefetch = await c.prefetch.resolve(
+        service, call.context_values, call.request.prefetch, access, cached=cached is not None
+    )
+    response = await c.answerer.answer(service, call, prefetch, datetime.now(UTC), cached)
     c.metrics.hook_latency.labels(service=service.id).observe(time.perf_counter() - started)
     return JsonResponse(response.to_json())

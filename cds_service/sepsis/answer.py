@@ -27,6 +27,7 @@ from cds_service.sepsis.assess import NotScored, SepsisAssessor
 from cds_service.sepsis.assessment import SepsisAssessment
 from cds_service.settings import SepsisSettings
 from cds_service.store.alerts import AlertState
+from cds_service.store.patients import StayContext
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,11 @@ class SepsisAnswer:
         context: HookContext,
         data: PatientData,
         resources: dict[str, dict[str, Any] | None],
+        cached: StayContext | None = None,
     ) -> list[Card]:
         try:
             result = await self._assessor.assess(
-                data, resources, context.patientId, context.encounterId
+                data, resources, context.patientId, context.encounterId, cached
             )
         except ModelUnavailable:
             self._not_shown("no-model")

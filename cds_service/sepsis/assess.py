@@ -41,6 +41,7 @@ from cds_service.sepsis.assessment import (
 )
 from cds_service.sepsis.stay import IcuStay, icu_stay
 from cds_service.settings import SepsisSettings
+from cds_service.store.patients import StayContext
 from fhir_adapters.binning import bin_of, bin_start
 from fhir_adapters.canonical import CanonicalObservation
 from fhir_adapters.variables import VARIABLES as BY_NAME
@@ -110,9 +111,14 @@ class SepsisAssessor:
         self._groups = feature_groups()
 
     def eligibility(
-        self, data: PatientData, resources: dict[str, dict[str, Any] | None]
+        self,
+        data: PatientData,
+        resources: dict[str, dict[str, Any] | None],
+        cached: StayContext | None = None,
     ) -> IcuStay | NotScored:
         age = data.facts.age_years
+        if age is None and cached is not None and resources.get("patient") is None:
+            age = cached.age_years
         if age is None:
             return NotScored("age-unknown")
         if age < self._settings.min_age_years:
@@ -122,6 +128,13 @@ class SepsisAssessor:
             self._settings.icu_location_ids,
             require_icu=self._settings.require_icu,
         )
+        if stay is None and cached is not None and resources.get("encounter") is None:
+            stay = IcuStay(
+                cached.encounter_id,
+                cached.icu_start_time,
+                cached.unit,
+                cached.hospital_to_icu_hours,
+            )
         if stay is None:
             return NotScored("not-icu")
         if bin_of(data.now, stay.icu_start) < 1:
@@ -137,15 +150,18 @@ class SepsisAssessor:
         resources: dict[str, dict[str, Any] | None],
         patient_id: str,
         encounter_id: str | None,
+        cached: StayContext | None = None,
     ) -> SepsisAssessment | NotScored:
-        """Raises ``ModelUnavailable`` when no model is loaded."""
+        """Raises ``ModelUnavailable`` when no model is loaded. ``cached`` is the workers' stay
+        context, used for what the call neither prefetched nor fetched."""
         model = self._scorer.model()
-        stay = self.eligibility(data, resources)
+        stay = self.eligibility(data, resources, cached)
         if isinstance(stay, NotScored):
             return stay
+        from_cache = cached is not None and resources.get("patient") is None
         context = PatientContext(
-            age_years=data.facts.age_years,
-            sex=_sex(resources.get("patient")),
+            age_years=cached.age_years if from_cache and cached else data.facts.age_years,
+            sex=cached.sex if from_cache and cached else _sex(resources.get("patient")),
             icu_unit=stay.unit,
             hospital_to_icu_hours=stay.hospital_to_icu_hours,
         )
