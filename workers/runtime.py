@@ -1,0 +1,84 @@
+"""The long-lived clients of one worker process, made once per process after the fork.
+
+Celery's prefork pool forks children from the parent that imported the app; sockets, an event
+loop or an ORT session made before the fork would be shared by every child. ``RuntimeHolder``
+builds them lazily in the process that runs a task and rebuilds them if it finds itself in a new
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import httpx
+from cryptography.fernet import Fernet
+
+from cds_service.inference.registry import ModelHolder
+from cds_service.metrics import Metrics
+from cds_service.security.pseudonym import Pseudonymiser
+from cds_service.settings import Settings
+from cds_service.store.patients import PatientCache
+from cds_service.store.redis_client import create_redis
+from cds_service.store.timeline import TimelineStore
+from fhir_adapters.site_codes import site_index
+from fhir_adapters.smart_backend import BackendAuth
+from fhir_adapters.variables import VARIABLES
+from workers.refresh import Refresher
+
+T = TypeVar("T")
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.redis = create_redis(settings)
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        pseudonymiser = Pseudonymiser(settings.pseudonym_key)
+        key = settings.worker.identifier_key
+        cipher = Fernet(key.get_secret_value().encode()) if key else None
+        retention = settings.timeline_retention_h * 3600
+        self.cache = PatientCache(self.redis, pseudonymiser, cipher, retention)
+        self.timeline = TimelineStore(self.redis, pseudonymiser, VARIABLES, retention_s=retention)
+        self.models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, Metrics())
+        self.models.load_active()
+        smart = settings.worker.smart
+        auth = (
+            BackendAuth(
+                self.http,
+                token_url=smart.token_url,
+                client_id=smart.client_id,
+                private_key_pem=smart.private_key_pem,
+                alg=smart.alg,
+                kid=smart.kid,
+                scope=smart.scope,
+            )
+            if smart
+            else None
+        )
+        self.refresher = Refresher(
+            settings.worker,
+            http=self.http,
+            auth=auth,
+            timeline=self.timeline,
+            cache=self.cache,
+            models=self.models,
+            codes=site_index(settings.site_maps),
+        )
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coroutine)
+
+
+class RuntimeHolder:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runtime: WorkerRuntime | None = None
+        self._pid = 0
+
+    def get(self) -> WorkerRuntime:
+        if self._runtime is None or self._pid != os.getpid():
+            self._runtime, self._pid = WorkerRuntime(self._settings), os.getpid()
+        return self._runtime
