@@ -1,4 +1,4 @@
-"""A small async FHIR R4 client over one shared ``httpx.AsyncClient``: reads, searches, retries.
+"""A small async FHIR R4 client over one shared ``httpx.AsyncClient``: reads, searches, writes.
 
 It is bound to one base URL and never sends its token anywhere else: a ``next`` link that points
 outside the base URL ends paging instead of being followed (a Bundle is data from the network and
@@ -6,6 +6,8 @@ its links are not trusted), and redirects are never followed.
 
 Transient failures (429, 5xx gateway/unavailable answers, connection errors, timeouts) are retried a
 bounded number of times with exponential backoff and jitter, honouring ``Retry-After`` up to a cap.
+Writes (create, update, conditional update) are retried only where the server cannot have applied
+them: 429, 503 and failures to connect (see ``WRITE_RETRY_STATUSES``).
 A client is cheap (it wraps the shared httpx client), so make one per hook call or per task: its
 optional deadline counts from construction and bounds everything done through it.
 
@@ -22,6 +24,7 @@ import math
 import random
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -46,11 +49,58 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # would fail the same way again.
 _RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
+# A write is not idempotent the way a read is: a create replayed makes a second resource, and even
+# a PUT replayed bumps the version (and fails an If-Match it already satisfied). So a write is only
+# retried when the server certainly did not apply it: 429 and 503 say it was not processed (RFC
+# 6585 §4, RFC 9110 §15.6.4). A 500 or 502/504 may come after the write happened, and so may a
+# read timeout or a dropped connection once the body was sent; those are reported, not retried.
+WRITE_RETRY_STATUSES = frozenset({429, 503})
+
+# Failures before a single byte of the request left: no connection (refused, DNS, TLS handshake),
+# connect timeout, or no free connection in the pool.
+_WRITE_RETRY_EXCEPTIONS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
+# FHIR R4 §2.24.0.1 id: [A-Za-z0-9\-\.]{1,64}
+_RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """What a request may be retried on."""
+
+    statuses: frozenset[int]
+    exceptions: tuple[type[Exception], ...]
+    what: str  # "request" or "write", for messages
+
+
+_READ = _Retry(RETRY_STATUSES, _RETRY_EXCEPTIONS, "request")
+_WRITE = _Retry(WRITE_RETRY_STATUSES, _WRITE_RETRY_EXCEPTIONS, "write")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The server's answer to a create or an update.
+
+    ``resource`` is the resource as stored (the server honoured ``Prefer: return=representation``)
+    or ``{}`` when the answer had no body; ``location`` is the ``Location`` header as sent (e.g.
+    ``Observation/123/_history/1``, relative or absolute, not followed) and ``etag`` the ``ETag``
+    (e.g. ``W/"1"``, usable as a later ``if_match``); either is None when absent. ``created`` is
+    True for 201, False for 200 (an existing resource was updated).
+    """
+
+    status: int
+    resource: dict[str, Any]
+    location: str | None
+    etag: str | None
+
+    @property
+    def created(self) -> bool:
+        return self.status == 201
 
 
 class FhirClient:
-    """FHIR reads and searches against one base URL, with the token sent only there."""
+    """FHIR reads, searches and writes against one base URL, with the token sent only there."""
 
     def __init__(
         self,
@@ -145,6 +195,66 @@ class FhirClient:
             newest = None
         return entries, newest, complete
 
+    async def create(
+        self, resource: dict[str, Any], *, if_none_exist: dict[str, str] | None = None
+    ) -> WriteResult:
+        """POST ``resource`` to ``{base}/{resourceType}`` (FHIR create).
+
+        ``if_none_exist`` makes it a conditional create (``If-None-Exist``, e.g. by identifier):
+        the server creates nothing when a match exists, which makes a create safe to repeat.
+        """
+        resource_type = _resource_type(resource)
+        headers: dict[str, str] = {}
+        if if_none_exist is not None:
+            if not if_none_exist:
+                raise ValueError("if_none_exist needs at least one search parameter")
+            headers["If-None-Exist"] = urlencode(if_none_exist)
+        return await self._write("POST", resource_type, resource, headers)
+
+    async def update(self, resource: dict[str, Any], *, if_match: str | None = None) -> WriteResult:
+        """PUT ``resource`` to ``{base}/{resourceType}/{id}`` (FHIR update).
+
+        ``if_match`` is an ETag (``W/"3"``) for a version-aware update: the server answers 412
+        (``FhirBadResponse`` with status 412) when the stored version is no longer that one.
+        """
+        resource_type = _resource_type(resource)
+        resource_id = resource.get("id")
+        if not isinstance(resource_id, str) or not _RESOURCE_ID.fullmatch(resource_id):
+            raise ValueError("update needs a resource id of 1-64 letters, digits, '-' or '.'")
+        headers: dict[str, str] = {}
+        if if_match is not None:
+            if not if_match or any(c in if_match for c in "\r\n"):
+                raise ValueError('if_match must be an ETag such as W/"3"')
+            headers["If-Match"] = if_match
+        return await self._write("PUT", f"{resource_type}/{resource_id}", resource, headers)
+
+    async def conditional_update(
+        self, resource: dict[str, Any], search: dict[str, str]
+    ) -> WriteResult:
+        """PUT ``resource`` to ``{base}/{resourceType}?{search}`` (FHIR conditional update).
+
+        The server updates the one match, creates the resource when there is none (201), and
+        answers 412 when there are several. Matching on a business identifier makes a write-back
+        idempotent without knowing the server's id.
+        """
+        resource_type = _resource_type(resource)
+        if not search:
+            raise ValueError("a conditional update needs at least one search parameter")
+        return await self._write("PUT", f"{resource_type}?{urlencode(search)}", resource, {})
+
+    async def _write(
+        self, method: str, relative: str, resource: dict[str, Any], extra: dict[str, str]
+    ) -> WriteResult:
+        url = urljoin(self._base + "/", relative)
+        headers = {
+            "Content-Type": FHIR_JSON,
+            # FHIR R4 §3.1.0.8: without it the server may answer with no body at all.
+            "Prefer": "return=representation",
+            **extra,
+        }
+        response = await self._exchange(method, url, headers, orjson.dumps(resource), _WRITE)
+        return _parse_write(response)
+
     async def _follow(self, first: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         """The pages of a searchset from ``first`` on; True when the last one had no next link."""
         pages = [first]
@@ -170,9 +280,24 @@ class FhirClient:
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         """GET ``url`` (which must lie under the base URL) with retries; the body as JSON."""
+        return _parse(await self._exchange("GET", url, {}, None, _READ))
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        extra_headers: dict[str, str],
+        content: bytes | None,
+        policy: _Retry,
+    ) -> httpx.Response:
+        """Send one request to ``url`` (under the base URL), retrying as ``policy`` allows.
+
+        Returns the first answer that is not to be retried; raises ``FhirUnavailable`` when the
+        retries or the deadline run out.
+        """
         if not self.is_within(url):
             raise FhirBadResponse("refusing to send a request outside the FHIR server's base URL")
-        headers = {"Accept": FHIR_JSON}
+        headers = {"Accept": FHIR_JSON, **extra_headers}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
         attempts = self._retries + 1
@@ -180,16 +305,20 @@ class FhirClient:
             cause: Exception | None = None
             retry_after: float | None = None
             try:
-                response = await self._send(url, headers)
-            except _RETRY_EXCEPTIONS as exc:
+                response = await self._send(method, url, headers, content)
+            except policy.exceptions as exc:
                 cause, what = exc, type(exc).__name__
                 failure = FhirUnavailable(f"FHIR server did not answer: {what}")
             except httpx.HTTPError as exc:
+                if policy is _WRITE:
+                    raise FhirUnavailable(
+                        f"FHIR write got no answer ({type(exc).__name__}); it may have been applied"
+                    ) from exc
                 raise FhirUnavailable(f"FHIR request failed: {type(exc).__name__}") from exc
             else:
                 status = response.status_code
-                if status not in RETRY_STATUSES:
-                    return _parse(response)
+                if status not in policy.statuses:
+                    return response
                 what = str(status)
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 failure = FhirUnavailable(
@@ -214,19 +343,28 @@ class FhirClient:
                     status=failure.status,
                     retry_after_s=retry_after,
                 ) from cause
-            log.info("FHIR request failed (%s); retry %d of %d", what, attempt + 1, self._retries)
+            log.info(
+                "FHIR %s failed (%s); retry %d of %d", policy.what, what, attempt + 1, self._retries
+            )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
-    async def _send(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        """One GET, bounded by the per-request timeout and by what is left of the deadline."""
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> httpx.Response:
+        """One request, bounded by the per-request timeout and by what is left of the deadline."""
         remaining = self._remaining()
         if remaining <= 0:
             raise FhirUnavailable("the deadline for FHIR requests has passed")
         # follow_redirects=False per request, whatever the shared client says: a redirect could
         # carry the Authorization header to another server.
-        request = self._http.get(
-            url, headers=headers, timeout=min(self._timeout, remaining), follow_redirects=False
+        request = self._http.request(
+            method,
+            url,
+            headers=headers,
+            content=content,
+            timeout=min(self._timeout, remaining),
+            follow_redirects=False,
         )
         if self._deadline is None:
             return await request
@@ -294,6 +432,29 @@ def _parse(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
         raise FhirBadResponse("FHIR server answered JSON that is not a FHIR resource")
     return body
+
+
+def _parse_write(response: httpx.Response) -> WriteResult:
+    """Map the answer to a write: 200/201 (a body or none) or 204 succeed, the rest raise."""
+    status = response.status_code
+    if status not in (200, 201, 204):
+        if 200 <= status < 300:
+            # 202 (accepted for later) and the like: the write is not known to have happened.
+            raise FhirBadResponse(f"FHIR server answered a write with {status}", status=status)
+        _parse(response)  # raises the error that status maps to
+        raise FhirBadResponse(f"FHIR server answered {status}", status=status)  # pragma: no cover
+    location = response.headers.get("Location")
+    etag = response.headers.get("ETag")
+    resource = _parse(response) if response.content.strip() else {}
+    return WriteResult(status=status, resource=resource, location=location, etag=etag)
+
+
+def _resource_type(resource: dict[str, Any]) -> str:
+    """The ``resourceType`` of a resource about to be written, refused unless it is a type name."""
+    resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
+    if not isinstance(resource_type, str) or not _RESOURCE_TYPE.fullmatch(resource_type):
+        raise ValueError("a resource to write needs a resourceType such as 'RiskAssessment'")
+    return resource_type
 
 
 def _last_updated(resource: dict[str, Any]) -> datetime | None:
