@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	exec $(BIN)/cds-service dev
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) lint typecheck chart-check pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -26,6 +26,12 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Helm chart checks (helm/README.md): installs pinned helm, kubernetes-validate and checkov into
+# .cache/chart-tools on first use, then lints, renders, validates and scans every scenario.
+.PHONY: chart-check
+chart-check:
+	PYTHON=$(PYTHON) bash tools/chart-checks/check.sh
 
 # Reproduce model_artifacts/ from ../shared/data (features are cached in .cache/training).
 train: $(STAMP)
