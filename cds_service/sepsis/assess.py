@@ -158,10 +158,11 @@ class SepsisAssessor:
         stay = self.eligibility(data, resources, cached)
         if isinstance(stay, NotScored):
             return stay
-        from_cache = cached is not None and resources.get("patient") is None
+        patient = resources.get("patient")
+        use_cache = cached if cached is not None and patient is None else None
         context = PatientContext(
-            age_years=cached.age_years if from_cache and cached else data.facts.age_years,
-            sex=cached.sex if from_cache and cached else _sex(resources.get("patient")),
+            age_years=use_cache.age_years if use_cache else data.facts.age_years,
+            sex=use_cache.sex if use_cache else _sex(patient),
             icu_unit=stay.unit,
             hospital_to_icu_hours=stay.hospital_to_icu_hours,
         )
