@@ -21,8 +21,8 @@ from starlette.responses import Response
 from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
 from cds_service.clinical_data import ClinicalData
-from cds_service.deps import Components
-from cds_service.errors import BadRequest, CdsError
+from cds_service.deps import Components, InFlight
+from cds_service.errors import BadRequest, CdsError, Overloaded
 from cds_service.gc_watch import freeze_startup_heap, watch_pauses
 from cds_service.inference.registry import ModelHolder
 from cds_service.inference.scorer import Scorer
@@ -51,12 +51,14 @@ log = logging.getLogger(__name__)
 
 def _error_response(error: CdsError) -> JsonResponse:
     headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if error.status == 401 else None
+    if isinstance(error, Overloaded):
+        headers = {"Retry-After": "1"}
     return JsonResponse(error.operation_outcome(), status_code=error.status, headers=headers)
 
 
 async def _on_cds_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, CdsError)  # noqa: S101 - registered for CdsError only
-    if exc.status >= 500:
+    if exc.status >= 500 and not isinstance(exc, Overloaded):  # shedding is counted, not logged
         log.warning("answered %s: %s", exc.status, type(exc).__name__)
     return _error_response(exc)
 
@@ -138,6 +140,7 @@ def build_components(
         models=models,
         alerts=alerts,
         patients=patients,
+        in_flight=InFlight(),
     )
 
 

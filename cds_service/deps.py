@@ -22,6 +22,13 @@ from cds_service.store.patients import PatientCache
 
 
 @dataclass
+class InFlight:
+    """Hook calls being answered now (one event loop per process: a plain counter is exact)."""
+
+    count: int = 0
+
+
+@dataclass
 class Components:
     """Everything the lifespan opens once; routes never build clients of their own."""
 
@@ -37,6 +44,7 @@ class Components:
     models: ModelHolder
     alerts: AlertState
     patients: PatientCache
+    in_flight: InFlight
 
 
 async def _components(request: Request) -> Components:

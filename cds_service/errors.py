@@ -7,7 +7,8 @@
     ├── NotFound                 404  not-found    no such CDS service
     ├── PayloadTooLarge          413  too-long     the body is over the configured limit
     ├── PreconditionFailed       412  incomplete   needed FHIR data neither prefetched nor fetched
-    └── DependencyUnavailable    503  transient    Redis (or another part) does not answer
+    ├── DependencyUnavailable    503  transient    Redis (or another part) does not answer
+    └── Overloaded               503  throttled    more hook calls in flight than the limit
 
 One handler in ``app.py`` renders each as a FHIR OperationOutcome (recommended for errors by the
 CDS Hooks 3.0 ballot; 2.0.1 defines no error body). Third-party exceptions are re-raised as one of
@@ -90,3 +91,11 @@ class PayloadTooLarge(CdsError):
 class DependencyUnavailable(CdsError):
     status = 503
     code = "transient"
+
+
+class Overloaded(CdsError):
+    """Answered at once instead of queueing: a call that waits behind dozens of others would
+    reach the clinician seconds late, and the EHR treats a 503 as "no cards" and moves on."""
+
+    status = 503
+    code = "throttled"

@@ -112,3 +112,8 @@ class Metrics:
             buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1),
             registry=self.registry,
         )
+        self.hooks_shed = Counter(
+            "cds_hooks_shed",
+            "Hook calls answered 503 at once because the in-flight limit was reached.",
+            registry=self.registry,
+        )

@@ -346,6 +346,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="TOML files mapping local codes to variables, beside LOINC and the built-ins.",
     )
+    max_hooks_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "Hook calls answered at once by one process; more get an immediate 503 with "
+            "Retry-After (bench/README.md: past capacity, queueing made every call seconds late)."
+        ),
+    )
     gc_freeze: bool = Field(
         default=True,
         description="Freeze the start-up heap out of the garbage collector (cds_service.gc_watch).",

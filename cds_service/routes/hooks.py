@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 
 from cds_service.body import read_json
 from cds_service.cards.deterioration import SERVICE_ID as DETERIORATION
-from cds_service.deps import ComponentsDep
-from cds_service.errors import NotFound
+from cds_service.deps import Components, ComponentsDep
+from cds_service.errors import NotFound, Overloaded
 from cds_service.hook_call import parse_hook_call
 from cds_service.responses import JsonResponse
 from cds_service.security.fhir_allowlist import fhir_access_for
@@ -20,6 +20,17 @@ router = APIRouter()
 
 @router.post("/cds-services/{service_id}")
 async def call_service(service_id: str, request: Request, c: ComponentsDep) -> JsonResponse:
+    if c.in_flight.count >= c.settings.max_hooks_in_flight:
+        c.metrics.hooks_shed.inc()
+        raise Overloaded("too many hook calls in flight; try again shortly")
+    c.in_flight.count += 1
+    try:
+        return await _answer(service_id, request, c)
+    finally:
+        c.in_flight.count -= 1
+
+
+async def _answer(service_id: str, request: Request, c: Components) -> JsonResponse:
     started = time.perf_counter()
     service = c.catalogue.get(service_id)
     if service is None:
