@@ -1,0 +1,43 @@
+"""Drift monitoring: live counts per model version in Redis, figures against the reference."""
+
+from cds_service.drift.statistics import (
+    Bins,
+    DriftReport,
+    FeatureDrift,
+    FeatureReference,
+    Level,
+    Reference,
+    Thresholds,
+    Verdict,
+    alerts_per_100_patient_days,
+    bin_counts,
+    classify,
+    drift_report,
+    missing_drift,
+    normalised_wasserstein,
+    psi,
+    reference_bins,
+    reference_scale,
+    score_bins,
+)
+
+__all__ = [
+    "Bins",
+    "DriftReport",
+    "FeatureDrift",
+    "FeatureReference",
+    "Level",
+    "Reference",
+    "Thresholds",
+    "Verdict",
+    "alerts_per_100_patient_days",
+    "bin_counts",
+    "classify",
+    "drift_report",
+    "missing_drift",
+    "normalised_wasserstein",
+    "psi",
+    "reference_bins",
+    "reference_scale",
+    "score_bins",
+]

@@ -1,0 +1,367 @@
+"""Drift figures from binned counts: PSI, normalised Wasserstein distance, missingness, alerts.
+
+Pure numpy, no I/O. The reference of a model version (``reference.json``, written at training by
+``training.artifacts.reference_statistics``) keeps seven quantiles per feature, not a histogram,
+so the reference distribution is known only as a step CDF through those points: the bins used
+live are the spaces between the reference quantiles, and each bin's expected share is the gap
+between the quantile levels either side of it (0.01, 0.04, 0.20, 0.25, 0.25, 0.20, 0.04, 0.01).
+
+Bins are right-closed, ``(e[k-1], e[k]]``, with ``-inf`` and ``+inf`` outside, so a value equal to
+a quantile falls in the bin that ends at it, as ``P(X <= q) >= level`` says it should.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, Field
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Level = Literal["ok", "warn", "act"]
+
+#: Levels of ``score_quantiles`` in reference.json (``np.linspace(0, 1, 21)``).
+SCORE_LEVELS = tuple(float(v) for v in np.linspace(0.0, 1.0, 21))
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Bin edges (``-inf`` first, ``+inf`` last) and the reference share of each bin."""
+
+    edges: FloatArray
+    expected: FloatArray
+
+    @property
+    def inner(self) -> FloatArray:
+        """The finite edges, for :func:`bin_counts`."""
+        return self.edges[1:-1]
+
+    @property
+    def size(self) -> int:
+        return len(self.expected)
+
+
+def reference_bins(
+    quantile_levels: Sequence[float], quantiles: Sequence[float] | None
+) -> tuple[FloatArray, FloatArray]:
+    """Edges ``[-inf, q..., +inf]`` (distinct quantile values) and each bin's expected share.
+
+    A value held by several quantiles is a point mass (a count, a flag, a score of 0): the levels
+    say only that its CDF lies between the highest tied level and the next distinct level above
+    it, so the CDF there is put at the middle of that interval and the zero-width bins between
+    the tied quantiles are merged into the bin that ends at the value. Taking the lower end
+    instead, a feature such as ``sex_male`` (quantiles 0,0,0,1,1,1,1) would show a PSI near 0.2
+    on its own reference population. Without quantiles (a feature never seen in the reference)
+    there is one bin holding everything.
+    """
+    if quantiles is None or len(quantiles) == 0:
+        return np.array([-np.inf, np.inf]), np.array([1.0])
+    if len(quantiles) != len(quantile_levels):
+        raise ValueError("one quantile per level is needed")
+    levels = np.asarray(quantile_levels, dtype=np.float64)
+    values = np.asarray(quantiles, dtype=np.float64)
+    distinct = np.unique(values)
+    cdf = np.empty(len(distinct))
+    for i, value in enumerate(distinct):
+        held = levels[values == value]
+        above = levels[values > value]
+        upper = float(above.min()) if above.size else 1.0
+        cdf[i] = float(held.max()) if held.size == 1 else (float(held.max()) + upper) / 2
+    expected = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    edges = np.concatenate([[-np.inf], distinct, [np.inf]])
+    return edges, expected
+
+
+def score_bins(score_quantiles: Sequence[float]) -> Bins:
+    """Twenty bins of 5 % of the validation scores, cut at the inner 19 of the 21 quantiles
+    (the outer two are the validation minimum and maximum, which would make empty end bins)."""
+    if len(score_quantiles) != len(SCORE_LEVELS):
+        raise ValueError(f"{len(SCORE_LEVELS)} score quantiles are expected")
+    edges, expected = reference_bins(SCORE_LEVELS[1:-1], list(score_quantiles)[1:-1])
+    return Bins(edges, expected)
+
+
+def bin_counts(inner_edges: FloatArray, values: npt.ArrayLike) -> IntArray:
+    """Counts of the non-NaN ``values`` in each right-closed bin of ``inner_edges``."""
+    column = np.asarray(values, dtype=np.float64)
+    present = column[~np.isnan(column)]
+    index = np.searchsorted(inner_edges, present, side="left")
+    return np.bincount(index, minlength=len(inner_edges) + 1).astype(np.int64)
+
+
+def psi(expected_shares: npt.ArrayLike, observed_counts: npt.ArrayLike, eps: float = 1e-4) -> float:
+    """Population stability index of observed counts against expected shares.
+
+    PSI = sum over bins of (o - e) * ln(o / e), o and e being the observed and expected shares:
+    the symmetrised Kullback-Leibler divergence (Jeffreys divergence) of the two binned
+    distributions, as set out by Yurdakul B., "Statistical properties of population stability
+    index" (2018). Shares are floored at ``eps`` so that an empty bin gives a large but finite
+    term. Zero when there are no observations (nothing to judge; see ``Thresholds.min_rows``).
+    """
+    e = np.asarray(expected_shares, dtype=np.float64)
+    counts = np.asarray(observed_counts, dtype=np.float64)
+    if e.shape != counts.shape:
+        raise ValueError("one count per expected share is needed")
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    o = np.maximum(counts / total, eps)
+    e = np.maximum(e, eps)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+def bin_points(edges: FloatArray) -> FloatArray:
+    """One point per bin: the midpoint of a finite bin, the inner edge of an outer bin."""
+    inner = edges[1:-1]
+    if inner.size == 0:
+        return np.zeros(1)
+    middles = (inner[:-1] + inner[1:]) / 2
+    return np.concatenate([[inner[0]], middles, [inner[-1]]])
+
+
+def normalised_wasserstein(
+    edges: FloatArray,
+    expected_shares: npt.ArrayLike,
+    observed_counts: npt.ArrayLike,
+    scale: float,
+) -> float:
+    """1-Wasserstein distance of the observed from the expected binned distribution, over ``scale``.
+
+    Each bin's mass is put at one point (:func:`bin_points`), so the figure is that of two
+    discrete distributions on the same points, sum_k |F_o(k) - F_e(k)| * (x[k+1] - x[k]). This is
+    exact for shifts of whole bins and smooths a shift inside a bin to a share of the bin width;
+    mass beyond the outer quantiles is not seen further out than the 1st or 99th percentile, so a
+    shift past the reference range is under-counted: PSI sees it instead. ``scale`` is the
+    reference spread (:func:`reference_scale`); a zero scale gives 0 (nothing to compare with).
+    """
+    if scale <= 0:
+        return 0.0
+    e = np.asarray(expected_shares, dtype=np.float64)
+    counts = np.asarray(observed_counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    points = bin_points(edges)
+    gaps = np.diff(points)
+    difference = np.abs(np.cumsum(counts / total) - np.cumsum(e))[:-1]
+    return float(np.sum(difference * gaps) / scale)
+
+
+def reference_scale(quantile_levels: Sequence[float], quantiles: Sequence[float] | None) -> float:
+    """The reference IQR (q75 - q25); the 1-99 % range where that is 0; 0 where both are."""
+    if not quantiles:
+        return 0.0
+    by_level = dict(zip((round(v, 6) for v in quantile_levels), quantiles, strict=True))
+    iqr = by_level[0.75] - by_level[0.25]
+    if iqr > 0:
+        return float(iqr)
+    return float(max(by_level[0.99] - by_level[0.01], 0.0))
+
+
+def missing_drift(reference_rate: float, missing: int, total: int) -> float:
+    """Absolute difference between the live and the reference missing rates (0 with no rows)."""
+    if total <= 0:
+        return 0.0
+    return abs(missing / total - reference_rate)
+
+
+def alerts_per_100_patient_days(alerts: int, patient_hours: float) -> float | None:
+    """Alerts per 100 patient-days, as in reference.json; None without patient time."""
+    if patient_hours <= 0:
+        return None
+    return alerts / (patient_hours / 24) * 100
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """What drift monitoring needs of one feature's reference."""
+
+    name: str
+    bins: Bins
+    missing: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model version's reference, binned: one entry per feature, in feature-matrix order."""
+
+    features: tuple[FeatureReference, ...]
+    score: Bins
+    alerts_per_100_patient_days: float | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], feature_names: Sequence[str]) -> Reference:
+        """Bins from the parsed ``reference.json`` for the columns ``feature_names``."""
+        levels = [float(v) for v in data["quantile_levels"]]
+        features = []
+        for name in feature_names:
+            entry = data["features"][name]
+            quantiles = entry["quantiles"]
+            edges, expected = reference_bins(levels, quantiles)
+            features.append(
+                FeatureReference(
+                    name=name,
+                    bins=Bins(edges, expected),
+                    missing=float(entry["missing"]),
+                    scale=reference_scale(levels, quantiles),
+                )
+            )
+        rate = data.get("alerts_per_100_patient_days")
+        return cls(
+            features=tuple(features),
+            score=score_bins([float(v) for v in data["score_quantiles"]]),
+            alerts_per_100_patient_days=None if rate is None else float(rate),
+        )
+
+
+class FeatureDrift(BaseModel):
+    """One feature's figures over the window; ``n`` counts the rows where it was present."""
+
+    psi: float
+    wasserstein: float
+    missing_delta: float
+    n: int
+
+
+class DriftReport(BaseModel):
+    """The drift figures of one model version over a window: no row-level value, counts only."""
+
+    rows: int
+    patient_hours: float
+    features: dict[str, FeatureDrift]
+    score_psi: float
+    alert_rate: float | None = Field(description="alerts per 100 patient-days in the window")
+    reference_alert_rate: float | None = Field(description="the same on the validation split")
+
+
+class Thresholds(BaseModel):
+    """When a figure warns or acts. PSI 0.1/0.25 and twice the validation alert rate are the
+    common practice issue 9 names; the Wasserstein, missingness, warn-ratio and minimum-count
+    values are this project's choice."""
+
+    psi_warn: float = 0.1
+    psi_act: float = 0.25
+    wasserstein_warn: float = 0.1
+    """Share of the reference IQR (our choice)."""
+    wasserstein_act: float = 0.25
+    """Share of the reference IQR (our choice)."""
+    missing_delta_warn: float = 0.1
+    missing_delta_act: float = 0.2
+    alert_rate_warn_ratio: float = 1.5
+    alert_rate_act_ratio: float = 2.0
+    min_rows: int = 200
+    """Fewer rows (present values for a feature) than this: the figure is not judged."""
+    min_patient_hours: float = 240.0
+    """Ten patient-days before the alert rate is judged (our choice)."""
+
+
+class Verdict(BaseModel):
+    """Levels per figure and overall. ``inputs`` (features, missingness) breaking means every
+    version would see it: stop the cards. ``behaviour`` (score PSI, alert rate) breaking while
+    the inputs hold means the model itself changed: roll back."""
+
+    inputs: Level
+    behaviour: Level
+    features: dict[str, Level]
+    score_psi: Level
+    alert_rate: Level
+
+
+_ORDER: dict[Level, int] = {"ok": 0, "warn": 1, "act": 2}
+
+
+def level(value: float | None, warn: float, act: float) -> Level:
+    """``act`` at or above ``act``, ``warn`` at or above ``warn``, else (or unknown) ``ok``."""
+    if value is None:
+        return "ok"
+    if value >= act:
+        return "act"
+    if value >= warn:
+        return "warn"
+    return "ok"
+
+
+def worst(levels: Sequence[Level]) -> Level:
+    """The most severe of ``levels`` (``ok`` for none)."""
+    return max(levels, key=_ORDER.__getitem__, default="ok")
+
+
+def classify(report: DriftReport, thresholds: Thresholds) -> Verdict:
+    """Judge each figure of ``report``; figures on too few counts are ``ok`` (not judged)."""
+    t = thresholds
+    features: dict[str, Level] = {}
+    for name, drift in report.features.items():
+        missing = level(drift.missing_delta, t.missing_delta_warn, t.missing_delta_act)
+        if report.rows < t.min_rows:
+            missing = "ok"
+        shape: list[Level] = []
+        if drift.n >= t.min_rows:
+            shape = [
+                level(drift.psi, t.psi_warn, t.psi_act),
+                level(drift.wasserstein, t.wasserstein_warn, t.wasserstein_act),
+            ]
+        features[name] = worst([missing, *shape])
+    score: Level = "ok"
+    if report.rows >= t.min_rows:
+        score = level(report.score_psi, t.psi_warn, t.psi_act)
+    alert: Level = "ok"
+    reference = report.reference_alert_rate
+    if (
+        report.alert_rate is not None
+        and reference is not None
+        and reference > 0
+        and report.patient_hours >= t.min_patient_hours
+    ):
+        ratio = report.alert_rate / reference
+        alert = level(ratio, t.alert_rate_warn_ratio, t.alert_rate_act_ratio)
+    return Verdict(
+        inputs=worst(list(features.values())),
+        behaviour=worst([score, alert]),
+        features=features,
+        score_psi=score,
+        alert_rate=alert,
+    )
+
+
+def drift_report(
+    reference: Reference,
+    *,
+    feature_counts: Sequence[npt.ArrayLike],
+    feature_missing: Sequence[int],
+    score_counts: npt.ArrayLike,
+    rows: int,
+    alerts: int,
+    patient_hours: float,
+) -> DriftReport:
+    """The figures of a window's counts (one array per feature, one missing count per feature)
+    against ``reference``."""
+    if len(feature_counts) != len(reference.features) or len(feature_missing) != len(
+        reference.features
+    ):
+        raise ValueError("one count array and one missing count per reference feature")
+    features: dict[str, FeatureDrift] = {}
+    for ref, counts, missing in zip(
+        reference.features, feature_counts, feature_missing, strict=True
+    ):
+        observed = np.asarray(counts, dtype=np.int64)
+        features[ref.name] = FeatureDrift(
+            psi=psi(ref.bins.expected, observed),
+            wasserstein=normalised_wasserstein(
+                ref.bins.edges, ref.bins.expected, observed, ref.scale
+            ),
+            missing_delta=missing_drift(ref.missing, int(missing), rows),
+            n=int(observed.sum()),
+        )
+    return DriftReport(
+        rows=rows,
+        patient_hours=patient_hours,
+        features=features,
+        score_psi=psi(reference.score.expected, score_counts),
+        alert_rate=alerts_per_100_patient_days(alerts, patient_hours),
+        reference_alert_rate=reference.alerts_per_100_patient_days,
+    )
