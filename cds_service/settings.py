@@ -347,11 +347,11 @@ class Settings(BaseSettings):
         description="TOML files mapping local codes to variables, beside LOINC and the built-ins.",
     )
     max_hooks_in_flight: int = Field(
-        default=32,
+        default=8,
         ge=1,
         description=(
             "Hook calls answered at once by one process; more get an immediate 503 with "
-            "Retry-After (bench/README.md: past capacity, queueing made every call seconds late)."
+            "Retry-After. At ~25 ms of CPU a call (bench/README.md) 8 bound the wait to ~0.2 s."
         ),
     )
     gc_freeze: bool = Field(
