@@ -1,5 +1,6 @@
 """Drift monitoring: live counts per model version in Redis, figures against the reference."""
 
+from cds_service.drift.live import LiveStats, WindowCounts
 from cds_service.drift.statistics import (
     Bins,
     DriftReport,
@@ -27,9 +28,11 @@ __all__ = [
     "FeatureDrift",
     "FeatureReference",
     "Level",
+    "LiveStats",
     "Reference",
     "Thresholds",
     "Verdict",
+    "WindowCounts",
     "alerts_per_100_patient_days",
     "bin_counts",
     "classify",

@@ -95,8 +95,13 @@ def test_wasserstein_is_zero_for_same_and_proportional_to_a_shift() -> None:
 
 
 def test_wasserstein_scale_falls_back_to_the_range_then_zero() -> None:
-    assert reference_scale(LEVELS, [0, 0, 0, 0, 0, 1, 3]) == 3.0
+    assert reference_scale(LEVELS, [0, 0, 0, 0, 0, 1, 3]) == pytest.approx(1 / 2.44)
+    assert reference_scale(LEVELS, [0, 0, 0, 0, 0, 0, 3]) == 3.0
     assert reference_scale(LEVELS, [1, 2, 3, 4, 5, 6, 7]) == 2.0
+    # Heavy tails widen the IQR to the 5-95 % range over 2.44 (troponin).
+    assert reference_scale(LEVELS, [0, 0.01, 0.03, 0.14, 1.55, 37.6, 116]) == pytest.approx(
+        37.59 / 2.44
+    )
     edges, shares = reference_bins(LEVELS, [2] * 7)
     assert reference_scale(LEVELS, [2] * 7) == 0.0
     assert normalised_wasserstein(edges, shares, [0, 10], 0.0) == 0.0
