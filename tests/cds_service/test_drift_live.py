@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from cds_service.drift import Reference, Thresholds, classify
 from cds_service.drift.live import LiveStats, hour_of, report
@@ -164,7 +166,9 @@ def test_bad_input_is_refused(harness: Harness) -> None:
 
 def test_redis_down_is_a_dependency_error() -> None:
     loop = asyncio.new_event_loop()
-    client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    client = aioredis.Redis(
+        port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     stats = LiveStats(client, "down", REFERENCE)
     rows, scores = reference_rows(np.random.default_rng(4), 3)
     try:
