@@ -124,11 +124,11 @@ def worker_env(
 class Worker:
     """One `celery worker` process group."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(self, env: dict[str, str], name: str, queue: str = "celery") -> None:
         args = [
             sys.executable, "-m", "celery", "-A", "workers.main", "worker",
             "--concurrency=1", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", f"--hostname={name}@%h",
+            "--without-heartbeat", f"--hostname={name}@%h", f"--queues={queue}",
         ]  # fmt: skip
         self.process = subprocess.Popen(args, env=env, start_new_session=True)
 
@@ -147,11 +147,11 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def start_worker(worker_env: dict[str, str]) -> Iterator[Callable[[str], Worker]]:
+def start_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def start(name: str) -> Worker:
-        worker = Worker(worker_env, name)
+    def start(name: str, queue: str = "celery") -> Worker:
+        worker = Worker(worker_env, name, queue)
         started.append(worker)
         return worker
 
@@ -344,7 +344,7 @@ def test_a_killed_worker_child_gets_the_task_again_without_duplicates(
 
 def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
     worker: Worker,
-    start_worker: Callable[[str], Worker],
+    start_worker: Callable[..., Worker],
     celery: Celery,
     ehr: EhrServer,
     high: SepsisCase,
@@ -354,19 +354,20 @@ def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
     p = pseudonym("icu-patient-5")
     run(celery, "workers.census_refresh")
     wait_for(lambda: db.hget(f"cds:pt:{p}", "wm") is not None)
-    celery.control.purge()
-    worker.stop(signal.SIGKILL)  # the module's worker dies with the whole group
-    doomed = start_worker("doomed-worker")
-    assert run(celery, "workers.ping", timeout=150) == "pong"  # it consumes
+    # A queue of its own, so that nothing the other tests left queued runs in between.
+    queue = "redelivery-test"
+    doomed = start_worker("doomed-worker", queue)
+    ping = celery.send_task("workers.ping", queue=queue)
+    assert ping.get(timeout=120) == "pong"  # it consumes
     db.hdel(f"cds:pt:{p}", "wm")
     ehr.delay_s = 4.0
     ehr.clear_requests()
     sent_at = time.monotonic()
-    celery.send_task("workers.patient_refresh", args=[p])
+    celery.send_task("workers.patient_refresh", args=[p], queue=queue)
     wait_for(lambda: bool(observation_requests(ehr)), timeout=60)
     doomed.stop(signal.SIGKILL)  # mid-task: the message stays unacknowledged in Redis
     ehr.delay_s = 0.0
-    start_worker("second-worker")
+    start_worker("second-worker", queue)
     wait_for(lambda: db.hget(f"cds:pt:{p}", "wm") is not None, timeout=120)
     # not before the visibility timeout (counted from delivery): the broker cannot know sooner
     # that the worker died
@@ -374,7 +375,7 @@ def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
 
 
 def test_two_beats_send_each_scheduled_task_once_per_period(
-    start_worker: Callable[[str], Worker],
+    start_worker: Callable[..., Worker],
     worker_env: dict[str, str],
     db: redis.Redis,
     tmp_path: Path,
