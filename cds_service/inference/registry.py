@@ -167,12 +167,19 @@ def _held_out(evaluation: dict[str, Any]) -> dict[str, float | str]:
     }
 
 
-def load_version(root: Path, version: str, device: Device) -> LoadedModel:
-    """Verify and load ``version``; raises ``ModelRefused`` with the reason otherwise."""
-    manifest = read_manifest(root)
+def find_version(manifest: Manifest, version: str) -> ManifestVersion:
     entry = next((v for v in manifest.versions if v.version == version), None)
     if entry is None:
         raise ModelRefused("unknown-version", f"{version} is not in the manifest")
+    return entry
+
+
+def load_version(
+    root: Path, version: str, device: Device, manifest: Manifest | None = None
+) -> LoadedModel:
+    """Verify and load ``version`` (of ``manifest`` when the caller has read it already);
+    raises ``ModelRefused`` with the reason otherwise."""
+    entry = find_version(manifest or read_manifest(root), version)
     if tuple(entry.features) != FEATURE_NAMES:
         raise ModelRefused(
             "feature-mismatch", f"{version} was trained on another feature definition"
@@ -217,9 +224,7 @@ def load_version(root: Path, version: str, device: Device) -> LoadedModel:
 
 def verified_card(root: Path, version: str) -> str:
     """A version's model card, if the manifest lists the version and the file matches its hash."""
-    entry = next((v for v in read_manifest(root).versions if v.version == version), None)
-    if entry is None:
-        raise ModelRefused("unknown-version", f"{version} is not in the manifest")
+    entry = find_version(read_manifest(root), version)
     return _verified_bytes(root / version, entry, "card.md").decode()
 
 
@@ -247,12 +252,13 @@ class ModelHolder:
 
     def load_active(self) -> LoadedModel | None:
         try:
-            active = read_manifest(self.root).active
+            manifest = read_manifest(self.root)
+            active = manifest.active
             if active is None:
                 raise ModelRefused("no-active-version", "the manifest names no active version")
             if self.current is not None and self.current.version == active:
                 return self.current
-            model = load_version(self.root, active, self.device)
+            model = load_version(self.root, active, self.device, manifest)
         except ModelRefused as refused:
             self.last_refusal = refused.reason
             self._metrics.model_loads.labels(outcome=refused.reason).inc()
