@@ -23,7 +23,7 @@ import numpy as np
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from cds_service.inference.registry import ModelHolder
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.redis_server import EmbeddedRedis
 from cds_service.security.pseudonym import Pseudonymiser

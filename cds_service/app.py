@@ -24,8 +24,8 @@ from cds_service.clinical_data import ClinicalData
 from cds_service.deps import Components, InFlight
 from cds_service.errors import BadRequest, CdsError, Overloaded
 from cds_service.gc_watch import freeze_startup_heap, watch_pauses
-from cds_service.inference.registry import ModelHolder
 from cds_service.inference.scorer import Scorer
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.logging_setup import quiet_identifying_loggers
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
-from cds_service.inference.registry import ModelHolder
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
 from cds_service.security.ehr_jwt import EhrJwtVerifier

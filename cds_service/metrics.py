@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -103,6 +103,16 @@ class Metrics:
             "cds_model_loads",
             "Model versions loaded or refused, by outcome (loaded or the refusal reason).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.lifecycle_revision = Gauge(
+            "cds_lifecycle_revision",
+            "Revision of the deployment state (active, shadow, canary, stops) this process runs.",
+            registry=self.registry,
+        )
+        self.audit_unwritten = Counter(
+            "cds_audit_unwritten",
+            "Scored calls whose audit event and drift counts could not be written (Redis down).",
             registry=self.registry,
         )
         self.gc_pause = Histogram(

@@ -62,7 +62,10 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            # The audit trail lives here (cds_service.lifecycle.audit): persisted, never evicted.
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction",
             "--dir", self._dir.name,
             "--daemonize", "no",
             "--loglevel", "warning",

@@ -276,6 +276,43 @@ class WorkerSettings(BaseModel):
     )
 
 
+class AdminSettings(BaseModel):
+    """The admin API's own authentication: not the EHR's JWT, so a compromised EHR key cannot
+    promote a model or switch a service off."""
+
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description=(
+            "Who may use the admin API: name -> sha256 (hex) of that person's bearer token. Only "
+            "hashes are configured, so the setting never holds a usable credential; the name is "
+            "the `actor` of every audit event the person causes. Empty: the admin API is off."
+        ),
+    )
+
+
+class LifecycleSettings(BaseModel):
+    """Model lifecycle: policy, polling, audit retention (``cds_service.lifecycle``)."""
+
+    policy_file: Path = Field(
+        default=Path(__file__).resolve().parent / "lifecycle" / "policy.toml",
+        description="TOML file with the promotion gates and the drift thresholds and window.",
+    )
+    poll_interval_s: float = Field(
+        default=5,
+        gt=0,
+        le=300,
+        description=(
+            "How often every API and worker process reads the deployment state (active, shadow, "
+            "canary, stops): a promotion, rollback or kill switch takes effect within this."
+        ),
+    )
+    audit_retention_days: int = Field(
+        default=400,
+        ge=1,
+        description="How long audit events (scored calls, lifecycle changes) are kept.",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the API, the workers and the dev runner."""
 
@@ -362,6 +399,8 @@ class Settings(BaseSettings):
     fhir: FhirSettings = Field(default_factory=FhirSettings)
     sepsis: SepsisSettings = Field(default_factory=SepsisSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @field_validator("public_base_url")
     @classmethod

@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import SecretStr
 
 from cds_service.features import LOOKBACK_HOURS, PatientContext
-from cds_service.inference.registry import LoadedModel, ModelHolder
+from cds_service.inference.registry import LoadedModel
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.patient_facts import age_in_years
 from cds_service.sepsis.assess import band_of, feature_rows
 from cds_service.sepsis.assessment import RiskBand

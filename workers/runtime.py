@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from cryptography.fernet import Fernet
 
-from cds_service.inference.registry import ModelHolder
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.security.pseudonym import Pseudonymiser
 from cds_service.settings import Settings

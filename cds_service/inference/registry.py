@@ -23,9 +23,9 @@ import onnxruntime
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cds_service.drift.statistics import Reference
 from cds_service.features import FEATURE_NAMES
 from cds_service.inference.sessions import cuda_available, session_for, used_providers
-from cds_service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class LoadedModel:
     reference_medians: npt.NDArray[np.float32]
     #: held-out figures at the alert level from the version's evaluation, for the card
     held_out: dict[str, float | str]
+    #: the validation population's binned statistics, what live drift is measured against
+    drift_reference: Reference
 
     @property
     def version(self) -> str:
@@ -217,6 +219,7 @@ def load_version(
         card_markdown=card,
         reference_medians=_medians(reference),
         held_out=_held_out(evaluation),
+        drift_reference=Reference.from_json(reference, FEATURE_NAMES),
     )
     warm_up(loaded)
     return loaded
@@ -236,36 +239,3 @@ def warm_up(model: LoadedModel) -> None:
         result = model.predict(rows)
         if result.shape != (n,) or not np.all(np.isfinite(result)):
             raise ModelRefused("warm-up-failed", f"{model.version}: warm-up gave no valid risks")
-
-
-class ModelHolder:
-    """The model in use. ``load_active`` swaps it only for a verified version; readers take
-    ``current`` once per call, so a swap never mixes two versions in one answer."""
-
-    def __init__(self, root: Path, device: Device, metrics: Metrics) -> None:
-        self.root = root
-        self.device = device
-        self._metrics = metrics
-        self.current: LoadedModel | None = None
-        #: why the last load failed, for /readyz (a fixed label)
-        self.last_refusal: str | None = None
-
-    def load_active(self) -> LoadedModel | None:
-        try:
-            manifest = read_manifest(self.root)
-            active = manifest.active
-            if active is None:
-                raise ModelRefused("no-active-version", "the manifest names no active version")
-            if self.current is not None and self.current.version == active:
-                return self.current
-            model = load_version(self.root, active, self.device, manifest)
-        except ModelRefused as refused:
-            self.last_refusal = refused.reason
-            self._metrics.model_loads.labels(outcome=refused.reason).inc()
-            kept = self.current.version if self.current else "none"
-            log.error("model refused (%s): %s; keeping %s", refused.reason, refused, kept)
-            return None
-        self.current, self.last_refusal = model, None
-        self._metrics.model_loads.labels(outcome="loaded").inc()
-        log.info("model %s loaded (%s on %s)", model.version, model.form, model.provider)
-        return model

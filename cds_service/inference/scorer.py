@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 
-from cds_service.inference.registry import LoadedModel, ModelHolder
+from cds_service.inference.registry import LoadedModel
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 
 

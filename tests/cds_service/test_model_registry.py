@@ -13,13 +13,13 @@ import pytest
 
 from cds_service.features import FEATURE_NAMES
 from cds_service.inference.registry import (
-    ModelHolder,
     ModelRefused,
     load_version,
     read_manifest,
     verified_card,
 )
 from cds_service.inference.sessions import cuda_available, session_for, used_providers
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 
 from support import LiveApi, patient_view_request

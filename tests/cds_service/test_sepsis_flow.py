@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cds_service.inference.registry import ModelHolder
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.redis_server import free_port
 from cds_service.scores import round_half_up

@@ -29,7 +29,7 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from jwt.algorithms import ECAlgorithm
 from pydantic import SecretStr
 
-from cds_service.inference.registry import ModelHolder
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.redis_server import EmbeddedRedis
 from cds_service.security.pseudonym import Pseudonymiser
