@@ -11,6 +11,7 @@ from cds_service.clinical_data import ClinicalData, PatientData
 from cds_service.features import LOOKBACK_HOURS
 from cds_service.hook_call import HookCall
 from cds_service.hooks_models import Card, HookResponse
+from cds_service.lifecycle.follower import ModelHolder
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResult
 from cds_service.scores import TimedValue, Vitals
@@ -53,11 +54,14 @@ class Answerer:
         data: ClinicalData,
         metrics: Metrics,
         sepsis: SepsisAnswer,
+        *,
+        models: ModelHolder,
         news2_lookback: timedelta,
         news2_show_low: bool,
     ) -> None:
         self._data = data
         self._sepsis = sepsis
+        self._models = models
         self._metrics = metrics
         self._lookback = news2_lookback
         self._show_low = news2_show_low
@@ -72,7 +76,10 @@ class Answerer:
     ) -> HookResponse:
         patient = call.context.patientId
         cards: list[Card] = []
-        if service.id == DETERIORATION:
+        if service.id == DETERIORATION and self._models.deployment.cards_off(DETERIORATION):
+            # The kill switch: no work, no card (the sepsis services check it themselves).
+            self._metrics.cards_suppressed.labels(service=service.id, reason="killed").inc()
+        elif service.id == DETERIORATION:
             window = max(DETERIORATION_WINDOW, self._lookback)
             data = await self._data.assemble(patient, prefetch, now, window)
             card = self._deterioration(data)

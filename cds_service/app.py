@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,13 +26,19 @@ from cds_service.deps import Components, InFlight
 from cds_service.errors import BadRequest, CdsError, Overloaded
 from cds_service.gc_watch import freeze_startup_heap, watch_pauses
 from cds_service.inference.scorer import Scorer
-from cds_service.lifecycle.follower import ModelHolder
+from cds_service.lifecycle.audit import AuditTrail
+from cds_service.lifecycle.follower import ModelHolder, follow
+from cds_service.lifecycle.operations import Operations
+from cds_service.lifecycle.policy import load_policy
+from cds_service.lifecycle.recorder import ScoreRecorder
+from cds_service.lifecycle.state import LifecycleStore
 from cds_service.logging_setup import quiet_identifying_loggers
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
 from cds_service.request_id import RequestIdMiddleware
 from cds_service.responses import JsonResponse
-from cds_service.routes import discovery, feedback, health, hooks, model_cards
+from cds_service.routes import admin, discovery, feedback, health, hooks, model_cards
+from cds_service.security.admin_auth import AdminAuth
 from cds_service.security.ehr_jwt import EhrJwtVerifier, KeySource
 from cds_service.security.pseudonym import Pseudonymiser
 from cds_service.security.replay import ReplayGuard
@@ -50,7 +57,8 @@ log = logging.getLogger(__name__)
 
 
 def _error_response(error: CdsError) -> JsonResponse:
-    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if error.status == 401 else None
+    challenge = getattr(error, "challenge", 'Bearer error="invalid_token"')
+    headers = {"WWW-Authenticate": challenge} if error.status == 401 else None
     if isinstance(error, Overloaded):
         headers = {"Retry-After": "1"}
     return JsonResponse(error.operation_outcome(), status_code=error.status, headers=headers)
@@ -111,6 +119,9 @@ def build_components(
     models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, metrics)
     models.load_active()
     scorer = Scorer(models, metrics, executor)
+    audit = AuditTrail(redis, timedelta(days=settings.lifecycle.audit_retention_days))
+    policy = load_policy(settings.lifecycle.policy_file)
+    store = LifecycleStore(redis, audit)
     alerts = AlertState(
         redis,
         pseudonymiser,
@@ -118,12 +129,20 @@ def build_components(
         snooze_s=settings.sepsis.snooze_h * 3600,
     )
     sepsis = SepsisAnswer(
-        SepsisAssessor(scorer, settings.sepsis, settings.base_url), alerts, settings.sepsis, metrics
+        SepsisAssessor(scorer, settings.sepsis, settings.base_url),
+        alerts,
+        settings.sepsis,
+        metrics,
+        models=models,
+        scorer=scorer,
+        recorder=ScoreRecorder(redis, audit, metrics),
+        pseudonymiser=pseudonymiser,
     )
     answerer = Answerer(
         data,
         metrics,
         sepsis,
+        models=models,
         news2_lookback=timedelta(hours=settings.news2_lookback_h),
         news2_show_low=settings.news2_show_low,
     )
@@ -141,6 +160,12 @@ def build_components(
         alerts=alerts,
         patients=patients,
         in_flight=InFlight(),
+        audit=audit,
+        lifecycle=store,
+        operations=Operations(
+            store, audit, settings.sepsis.model_root, policy, settings.sepsis.device
+        ),
+        admins=AdminAuth(settings.admin),
     )
 
 
@@ -163,11 +188,15 @@ def create_app(
         app.state.components = build_components(settings, redis_client, http_client, executor)
         components = app.state.components
         stop_watching = watch_pauses(components.metrics.gc_pause)
+        following = asyncio.create_task(
+            follow(components.models, components.lifecycle, settings.lifecycle.poll_interval_s)
+        )
         if settings.gc_freeze:
             freeze_startup_heap()
         try:
             yield
         finally:
+            following.cancel()
             stop_watching()
             executor.shutdown(wait=False, cancel_futures=True)
             if own_http:
@@ -199,6 +228,6 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestIdMiddleware)
-    for module in (discovery, hooks, feedback, health, model_cards):
+    for module in (discovery, hooks, feedback, health, model_cards, admin):
         app.include_router(module.router)
     return app

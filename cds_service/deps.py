@@ -11,9 +11,13 @@ from fastapi import Depends, Request
 
 from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
+from cds_service.lifecycle.audit import AuditTrail
 from cds_service.lifecycle.follower import ModelHolder
+from cds_service.lifecycle.operations import Operations
+from cds_service.lifecycle.state import LifecycleStore
 from cds_service.metrics import Metrics
 from cds_service.prefetch import PrefetchResolver
+from cds_service.security.admin_auth import AdminAuth
 from cds_service.security.ehr_jwt import EhrJwtVerifier
 from cds_service.settings import Settings
 from cds_service.store.alerts import AlertState
@@ -45,6 +49,10 @@ class Components:
     alerts: AlertState
     patients: PatientCache
     in_flight: InFlight
+    audit: AuditTrail
+    lifecycle: LifecycleStore
+    operations: Operations
+    admins: AdminAuth
 
 
 async def _components(request: Request) -> Components:

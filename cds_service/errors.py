@@ -73,6 +73,19 @@ class Unauthorized(CdsError):
         self.reason = reason
 
 
+class AdminUnauthorized(Unauthorized):
+    """The admin API's own refusal: challenges for HTTP Basic so a browser can open the page."""
+
+    challenge = 'Basic realm="cds-admin", charset="UTF-8"'
+
+
+class Conflict(CdsError):
+    """A lifecycle change the deployment state or the policy does not allow now."""
+
+    status = 409
+    code = "conflict"
+
+
 class NotFound(CdsError):
     status = 404
     code = "not-found"

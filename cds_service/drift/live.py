@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from cds_service.drift.statistics import DriftReport, IntArray, Reference, bin_counts, drift_report
@@ -91,16 +92,18 @@ class LiveStats:
             fields[f"score:b{k}"] = int(counts[k])
         return fields
 
-    async def record(
+    def add_to(
         self,
+        pipe: Pipeline,
         rows: npt.NDArray[np.floating],
         scores: npt.NDArray[np.floating],
+        *,
         alerts: int,
         patient_hours: float,
         now: datetime,
     ) -> None:
-        """Add a scored batch (``rows`` N x F features, NaN = missing; ``scores`` N) to the bucket
-        of ``now``, in one round trip. Raises :class:`DependencyUnavailable` when Redis fails."""
+        """Queue the counts of a scored batch (``rows`` N x F features, NaN = missing; ``scores``
+        N) for the bucket of ``now`` on ``pipe``, to share the caller's round trip."""
         rows = np.asarray(rows)
         scores = np.asarray(scores)
         width = len(self.reference.features)
@@ -111,7 +114,6 @@ class LiveStats:
         if alerts < 0 or patient_hours < 0:
             raise ValueError("alerts and patient hours cannot be negative")
         key = self.key(hour_of(now))
-        pipe = self._redis.pipeline(transaction=True)
         # Counters only grow, so HINCRBY of each changed field (never HSET) lets every replica
         # and worker write to the same bucket without a lost update.
         for field, amount in self._increments(rows, scores).items():
@@ -120,6 +122,19 @@ class LiveStats:
         pipe.hincrby(key, "alerts", int(alerts))
         pipe.hincrbyfloat(key, "patient_hours", float(patient_hours))
         pipe.pexpire(key, int(self.retention.total_seconds() * 1000))
+
+    async def record(
+        self,
+        rows: npt.NDArray[np.floating],
+        scores: npt.NDArray[np.floating],
+        alerts: int,
+        patient_hours: float,
+        now: datetime,
+    ) -> None:
+        """Add a scored batch to the bucket of ``now`` in one round trip (see :meth:`add_to`).
+        Raises :class:`DependencyUnavailable` when Redis fails."""
+        pipe = self._redis.pipeline(transaction=True)
+        self.add_to(pipe, rows, scores=scores, alerts=alerts, patient_hours=patient_hours, now=now)
         try:
             await pipe.execute()
         except RedisError as exc:

@@ -231,6 +231,13 @@ def verified_card(root: Path, version: str) -> str:
     return _verified_bytes(root / version, entry, "card.md").decode()
 
 
+def verified_reference(root: Path, version: str, manifest: Manifest | None = None) -> Reference:
+    """A version's drift reference (binned), without loading its ONNX session."""
+    entry = find_version(manifest or read_manifest(root), version)
+    reference = orjson.loads(_verified_bytes(root / version, entry, "reference.json"))
+    return Reference.from_json(reference, FEATURE_NAMES)
+
+
 def warm_up(model: LoadedModel) -> None:
     """Score NaN rows (every feature missing) and median rows at the usual batch sizes."""
     for n in WARMUP_BATCHES:

@@ -60,6 +60,14 @@ class Operations:
     def policy(self) -> Policy:
         return self._policy
 
+    @property
+    def model(self) -> str:
+        return self._store.model
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
     def manifest(self) -> Manifest:
         return read_manifest(self._root)
 

@@ -151,10 +151,13 @@ class SepsisAssessor:
         patient_id: str,
         encounter_id: str | None,
         cached: StayContext | None = None,
+        *,
+        model: LoadedModel | None = None,
     ) -> SepsisAssessment | NotScored:
-        """Raises ``ModelUnavailable`` when no model is loaded. ``cached`` is the workers' stay
-        context, used for what the call neither prefetched nor fetched."""
-        model = self._scorer.model()
+        """Score with ``model`` (the active one by default; raises ``ModelUnavailable`` when none
+        is loaded). ``cached`` is the workers' stay context, used for what the call neither
+        prefetched nor fetched."""
+        model = model or self._scorer.model()
         stay = self.eligibility(data, resources, cached)
         if isinstance(stay, NotScored):
             return stay
@@ -197,6 +200,7 @@ class SepsisAssessor:
             history=data.history,
             **self._state(data),
             unusable=_unusable(data),
+            features=rows[-1],
         )
 
     def _occluded(

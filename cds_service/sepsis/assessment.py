@@ -11,6 +11,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from cds_service.scores import TimedValue
 
 
@@ -110,3 +113,5 @@ class SepsisAssessment:
     weight_kg: TimedValue | None
     #: observations the service could not use (bad unit, implausible, unmapped code), by reason
     unusable: dict[str, int] = field(default_factory=dict)
+    #: the current hour's feature row that gave ``risk`` (for drift counts and the shadow)
+    features: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
