@@ -1,32 +1,123 @@
-"""``python -m training train|evaluate|verify`` (what `make train` and `make evaluate` run).
+"""``python -m training train|evaluate|verify|validation`` (what `make train` and `make evaluate`
+run).
 
 ``verify`` re-checks every committed version's ONNX files against its booster on 100,000 real
-rows at batch sizes 1, 7 and 1024, and records the differences in the manifest."""
+rows at batch sizes 1, 7 and 1024, and records the differences in the manifest. ``validation``
+rebuilds each shipped version's validation split, checks it is the one its ``reference.json`` was
+measured on, and records the version's figures on it as ``metrics.validation`` (what promotion
+gates read). ``evaluate --site PATH --model VERSION --out DIR`` is the site-local validation
+report instead (``training.site_report``; ``python -m training evaluate --help``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.artifacts import (
+    VALIDATION_FRACTION,
     add_card,
+    check_validation_split,
+    missing_validation_keys,
+    record_validation,
     reference_statistics,
     update_manifest,
+    validation_metrics,
+    validation_split_text,
     verify,
     write_version,
 )
-from training.dataset import definition_hash, load_or_build
+from training.dataset import Dataset, concatenate, definition_hash, load_or_build
+from training.fit import PlattCalibration, split_patients
 from training.model_card import render
 from training.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """A version ``train`` writes: the hospitals of its training side and the seed of
+    ``pipeline.train_side``'s split (the seeds ``pipeline.run`` passes)."""
+
+    key: str
+    version: str
+    trained_on: str
+    active: bool
+    hospitals: tuple[str, ...]
+    seed: int
+
+
+SHIPPED = (
+    Shipped("A", "sepsis-gbdt-A-1", "hospital A only", False, ("A",), 11),
+    Shipped("A+B", "sepsis-gbdt-AB-1", "hospitals A and B", True, ("A", "B"), 13),
+)
+
+
+def validation(data_dir: Path, models: Path, cache: Path) -> dict[str, dict[str, float]]:
+    """Every shipped version's figures on its own validation split, written into the manifest.
+
+    Scored with the committed booster (sha256 checked against the manifest) and the manifest's
+    calibration: the scores ``reference.json`` was computed from at training, so the check that
+    the split was reproduced can be exact."""
+    import lightgbm as lgb  # noqa: PLC0415 - only the training extra has it
+
+    manifest: dict[str, Any] = json.loads((models / "manifest.json").read_text())
+    entries = {v["version"]: v for v in manifest["versions"]}
+    parts: dict[tuple[str, int | None], Dataset] = {}
+    found: dict[str, dict[str, float]] = {}
+    for shipped in SHIPPED:
+        entry = entries.get(shipped.version)
+        if entry is None:
+            print(f"{shipped.version}: not in the manifest, skipped")
+            continue
+        # A registry trained with --limit was split from the first `limit` patients only.
+        limit = entry.get("provenance", {}).get("patients_per_hospital_limit")
+        for hospital in shipped.hospitals:
+            if (hospital, limit) not in parts:
+                archive = data_dir / "physionet2019" / f"training_set{hospital}.zip"
+                parts[hospital, limit] = load_or_build(archive, cache, limit)[0]
+        side = concatenate([parts[h, limit] for h in shipped.hospitals])
+        valid = side.subset(split_patients(side.n_patients, VALIDATION_FRACTION, shipped.seed)[1])
+        folder = models / shipped.version
+        booster_bytes = (folder / "booster.txt").read_bytes()
+        if hashlib.sha256(booster_bytes).hexdigest() != entry["files"]["booster.txt"]:
+            raise SystemExit(f"{shipped.version}: booster.txt does not match its sha256")
+        booster = lgb.Booster(model_str=booster_bytes.decode())
+        calibration = PlattCalibration(
+            entry["calibration"]["intercept"], entry["calibration"]["slope"]
+        )
+        raw = np.asarray(booster.predict(valid.features), dtype=np.float64)
+        probabilities = calibration.apply(raw)
+        threshold = float(entry["operating_points"]["utility_optimal"])
+        reference = json.loads((folder / "reference.json").read_text())
+        check_validation_split(valid, probabilities, threshold, reference, shipped.version)
+        figures = validation_metrics(valid, probabilities, threshold)
+        missing = missing_validation_keys(figures)
+        if missing:
+            raise SystemExit(f"{shipped.version}: undefined on its split: {', '.join(missing)}")
+        text = validation_split_text(shipped.hospitals, shipped.seed, figures)
+        record_validation(models, shipped.version, figures, text)
+        found[shipped.version] = figures
+        print(
+            f"{shipped.version}: {figures['patients']:,.0f} patients, "
+            f"AUROC {figures['auroc']:.4f}, utility {figures['normalized_utility']:.4f}, "
+            f"{figures['alerts_per_100_patient_days']:.2f} alerts per 100 patient-days "
+            "(split reproduced: reference.json agrees)"
+        )
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m training")
-    parser.add_argument("command", choices=["train", "evaluate", "verify"])
+    parser.add_argument("command", choices=["train", "evaluate", "verify", "validation"])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "model_artifacts")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "training")
@@ -34,6 +125,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.command == "validation":
+        validation(args.data, args.out, args.cache)
+        print(f"validation figures recorded in {time.perf_counter() - started:.0f} s")
+        return
     if args.command == "verify":
         data, _ = load_or_build(args.data / "physionet2019" / "training_setA.zip", args.cache)
         verify(args.out, data.features[:100_000])
@@ -49,10 +144,8 @@ def main() -> None:
         "patients_per_hospital_limit": args.limit,
         "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    for key, version, trained_on, active in (
-        ("A", "sepsis-gbdt-A-1", "hospital A only", False),
-        ("A+B", "sepsis-gbdt-AB-1", "hospitals A and B", True),
-    ):
+    for shipped in SHIPPED:
+        key, version, trained_on = shipped.key, shipped.version, shipped.trained_on
         trained = models[key]
         evaluation = {
             "features": report["features"],
@@ -69,8 +162,12 @@ def main() -> None:
             "provenance": provenance | {"trained_on": trained_on},
         }
         entry = write_version(args.out, version, **documents)
+        # write_version measured metrics.validation on these same held-out patients.
+        entry["provenance"]["validation_split"] = validation_split_text(
+            shipped.hospitals, shipped.seed, entry["metrics"]["validation"]
+        )
         add_card(args.out, entry, render(version, trained_on, evaluation, entry))
-        update_manifest(args.out, entry, active=active)
+        update_manifest(args.out, entry, active=shipped.active)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

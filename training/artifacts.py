@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from cds_service.features import FEATURE_NAMES
+from training import metrics
 from training.dataset import Dataset
 from training.gemm_onnx import export_gemm
 from training.metrics import reliability_curve, save_reliability_plot
 from training.onnx_export import export_tree_ensemble, save_model, session_for
-from training.utility import utility_curve
+from training.utility import cohort_utility_concat, utility_curve
 
 OUTCOME = (
     "the probability that this adult ICU patient meets Sepsis-3 within about the next 6 hours "
@@ -109,6 +112,126 @@ def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+#: What promotion gates read from ``metrics.validation``: each one must be a finite float.
+VALIDATION_KEYS = (
+    "auroc",
+    "auprc",
+    "normalized_utility",
+    "calibration_slope",
+    "calibration_intercept",
+    "brier",
+    "alerts_per_100_patient_days",
+    "sensitivity",
+    "ppv",
+    "patients",
+    "septic_patients",
+    "rows",
+)
+#: ``pipeline.train_side`` holds out this share of a training side's patients.
+VALIDATION_FRACTION = 0.15
+
+
+class ValidationSplitMismatch(RuntimeError):
+    """The rebuilt validation split is not the one the version's reference.json was measured on."""
+
+
+def validation_metrics(
+    valid: Dataset, probabilities: npt.NDArray[np.float64], threshold: float
+) -> dict[str, float]:
+    """A version's figures on its own validation patients at its alert level: every metric of
+    ``metrics.summary`` that is defined, plus patient-bootstrap intervals of AUROC and utility.
+
+    Flat floats only, because the registry's manifest model (``cds_service.inference.registry``)
+    reads ``metrics`` as ``dict[str, dict[str, float]]``: an undefined metric (a split too small
+    to have septic patients, as in the ``--limit`` test runs) is left out rather than written as
+    null, and the gates report the key as missing."""
+    labels, bounds = valid.labels, valid.boundaries
+    result = {
+        key: float(value)
+        for key, value in metrics.summary(labels, probabilities, bounds, threshold).items()
+        if value is not None
+    }
+    for name, metric in (
+        ("auroc", lambda y, s, b: metrics.auroc(y, s)),
+        (
+            "normalized_utility",
+            lambda y, s, b: cohort_utility_concat(y, s >= threshold, b).normalized,
+        ),
+    ):
+        interval = metrics.bootstrap_ci(metric, labels, probabilities, bounds, n_resamples=100)
+        if math.isfinite(interval.low) and math.isfinite(interval.high):
+            result[f"{name}_ci_low"], result[f"{name}_ci_high"] = interval.low, interval.high
+    return result
+
+
+def missing_validation_keys(figures: dict[str, float]) -> list[str]:
+    """The gate keys a validation block lacks (undefined on a small or one-class split)."""
+    return [key for key in VALIDATION_KEYS if key not in figures]
+
+
+def validation_split_text(hospitals: Sequence[str], seed: int, figures: dict[str, float]) -> str:
+    """``provenance.validation_split``: which patients, how they were drawn, and why the figures
+    measured on them flatter the model. ``figures`` is the block ``validation_metrics`` made."""
+    side = f"hospital{'s' if len(hospitals) > 1 else ''} {' and '.join(hospitals)}"
+    return (
+        f"{VALIDATION_FRACTION * 100:.0f} % of the patients of {side} "
+        f"({figures['patients']:,.0f} ICU stays, {figures['septic_patients']:,.0f} septic, "
+        f"{figures['rows']:,.0f} patient-hours) held out by "
+        f"training.pipeline.split_patients(seed {seed}); the training side's early stopping, "
+        "Platt calibration and alert level were chosen on these same patients, so their figures "
+        "are optimistic (calibration slope 1 and intercept 0 by construction) and the external "
+        "splits (A->B, B->A) are the honest estimate"
+    )
+
+
+def check_validation_split(
+    valid: Dataset,
+    probabilities: npt.NDArray[np.float64],
+    threshold: float,
+    reference: dict[str, Any],
+    version: str,
+) -> None:
+    """Refuse a rebuilt split whose alert rate (and score distribution) is not the one recorded
+    in the version's ``reference.json``, which was measured on the validation split at training.
+
+    The rate is recomputed with ``reference_statistics`` itself, the code that wrote the file. Its
+    alerts are rising edges over the concatenated cohort (a stay that opens in alert right after
+    one that closed in alert is not counted), while ``metrics.operating_point`` resets at every
+    stay: 53.25 against 54.13 per 100 patient-days for sepsis-gbdt-A-1, so comparing one
+    definition with the other would report a mismatch that is not one."""
+    rebuilt = reference_statistics(valid, probabilities, threshold)
+    recorded = reference.get("alerts_per_100_patient_days")
+    measured = rebuilt["alerts_per_100_patient_days"]
+    if recorded is None or measured is None or not math.isclose(measured, recorded, rel_tol=1e-9):
+        raise ValidationSplitMismatch(
+            f"{version}: the rebuilt validation split alerts {measured} per 100 patient-days, "
+            f"reference.json says {recorded}: the split (data, feature code or seed) was not "
+            "reproduced"
+        )
+    scores = np.asarray(reference.get("score_quantiles") or [], dtype=np.float64)
+    rebuilt_scores = np.asarray(rebuilt["score_quantiles"], dtype=np.float64)
+    if scores.shape != rebuilt_scores.shape or not np.allclose(scores, rebuilt_scores, atol=1e-9):
+        raise ValidationSplitMismatch(
+            f"{version}: the rebuilt validation split's score quantiles differ from reference.json"
+        )
+
+
+def record_validation(
+    root: Path, version: str, validation: dict[str, float], split_text: str
+) -> dict[str, Any]:
+    """Write ``metrics.validation`` and ``provenance.validation_split`` of one manifest entry,
+    leaving every other field (and every hashed file) as it is."""
+    path = root / "manifest.json"
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    entry = next((v for v in manifest["versions"] if v["version"] == version), None)
+    if entry is None:
+        raise KeyError(f"{version} is not in {path}")
+    entry.setdefault("metrics", {})["validation"] = validation
+    entry.setdefault("provenance", {})["validation_split"] = split_text
+    path.write_text(json.dumps(manifest, indent=2, allow_nan=False))
+    return manifest
+
+
 def save_curves(trained: Any, path: Path, version: str) -> Path:
     """ROC curve and utility against threshold on the version's held-out patients."""
     import matplotlib  # noqa: PLC0415 - only the training extra has it
@@ -189,7 +312,12 @@ def write_version(
         },
         "trees": trained.fitted.best_iteration,
         "onnx_agreement": agreement,
-        "metrics": headline(evaluation),
+        "metrics": headline(evaluation)
+        | {
+            "validation": validation_metrics(
+                trained.valid, trained.valid_probabilities, trained.threshold
+            )
+        },
         "provenance": provenance,
     }
 
