@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import task_failure, task_retry, task_success
 
+from cds_service.lifecycle.policy import load_policy
 from cds_service.settings import Settings
 from workers.runtime import RuntimeHolder
 from workers.tasks import register_tasks
@@ -31,6 +32,7 @@ def create_celery_app(settings: Settings) -> Celery:
         raise RuntimeError("the worker needs Redis: set REDIS_URL (or CDS_REDIS_URL)")
     url = settings.redis_url.get_secret_value()
     worker = settings.worker
+    policy = load_policy(settings.lifecycle.policy_file)
     app = Celery("cds_workers", broker=url, backend=url)
     app.conf.update(
         task_serializer="json",
@@ -67,6 +69,10 @@ def create_celery_app(settings: Settings) -> Celery:
             "census-rescore": {
                 "task": "workers.census_rescore",
                 "schedule": worker.rescore_interval_s,
+            },
+            "drift-check": {
+                "task": "workers.drift_check",
+                "schedule": policy.drift.check_interval_s,
             },
         },
     )

@@ -7,7 +7,14 @@
   call's own code) → a score → write-back when the patient crossed the alert level. The watermark
   is stored only after the merge succeeded, so a failed or killed refresh reads the same data
   again and the timeline (which stores an observation once) holds no duplicate.
-* ``rescore``: every census patient's cached vector in one ORT batch.
+* ``rescore``: every census patient's cached vector in one ORT batch per shown version.
+
+Both follow the deployment (``cds_service.lifecycle``): each patient is scored by the version
+whose cards they get (canary or active), the shadow scores beside it, and the drift counts,
+alerts and patient time go to Redis for the drift monitor. Only the rescoring, which visits the
+whole census at a fixed cadence, counts patient time (``rescore_interval_s`` per patient); both
+count new alerts (a patient crossing the alert level), as the training's alert rate does. Stopped
+cards stop the write-back too: the inputs they would rest on are in doubt.
 
 All of it is idempotent: a task delivered twice merges nothing new and writes the same values.
 """
@@ -27,7 +34,8 @@ from pydantic import SecretStr
 
 from cds_service.features import LOOKBACK_HOURS, PatientContext
 from cds_service.inference.registry import LoadedModel
-from cds_service.lifecycle.follower import ModelHolder
+from cds_service.lifecycle.follower import Deployment, ModelHolder
+from cds_service.lifecycle.recorder import ScoredBatch, ScoreRecorder, ShadowPair
 from cds_service.patient_facts import age_in_years
 from cds_service.sepsis.assess import band_of, feature_rows
 from cds_service.sepsis.assessment import RiskBand
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: An observation stamped later than this past the worker's clock is not merged as "now" data.
 FUTURE_TOLERANCE = timedelta(minutes=5)
+#: the write-back (a RiskAssessment in the EHR) is shown like this service's card: it stops with it
+WRITEBACK = "sepsis-patient-view"
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class Refresher:
         cache: PatientCache,
         models: ModelHolder,
         codes: CodeIndex,
+        recorder: ScoreRecorder | None = None,
         timeout_s: float = 10.0,
         max_pages: int = 100,
     ) -> None:
@@ -81,6 +92,7 @@ class Refresher:
         self._cache = cache
         self._models = models
         self._codes = codes
+        self._recorder = recorder
         self._timeout = timeout_s
         self._max_pages = max_pages
 
@@ -173,7 +185,8 @@ class Refresher:
         added, window = await self._timeline.merge_and_read(
             cached.patient_id, mapped, now, start, now + FUTURE_TOLERANCE
         )
-        model = self._models.current
+        deployment = self._models.deployment
+        model, _ = deployment.shown(p)
         features = None
         risk = None
         if context.age_years is not None and window:
@@ -182,16 +195,35 @@ class Refresher:
         await self._cache.save_refresh(p, watermark, features, newest, now.timestamp())
         wrote = False
         if features is not None and model is not None:
-            risk = float(model.predict(features[None, :])[0])
-            wrote = await self._score(
+            rows = features[None, :]
+            scores = model.predict(rows)
+            risk = float(scores[0])
+            alerted, wrote = await self._score(
                 p,
                 patient_id=cached.patient_id,
                 context=context,
                 risk=risk,
                 model=model,
                 was_above=cached.above,
+                deployment=deployment,
+            )
+            await self._record(
+                deployment, [ScoredBatch(model, rows, scores, alerts=int(alerted))], now
             )
         return RefreshResult(len(entries), added, risk, wrote)
+
+    async def _record(
+        self, deployment: Deployment, batches: list[ScoredBatch], now: datetime
+    ) -> None:
+        if self._recorder is None:
+            return
+        shadow = deployment.shadow
+        pairs = [
+            ShadowPair(b.model, shadow, b.rows, b.scores, shadow.predict(b.rows))
+            for b in batches
+            if shadow is not None and shadow.version != b.model.version and len(b.rows)
+        ]
+        await self._recorder.record(batches, now, pairs)
 
     def _features(self, window: list[Any], context: StayContext, now: datetime) -> Any:
         patient = PatientContext(
@@ -215,39 +247,58 @@ class Refresher:
         risk: float,
         model: LoadedModel,
         was_above: bool,
-    ) -> bool:
+        deployment: Deployment,
+    ) -> tuple[bool, bool]:
+        """Save the score; write back on a crossing. Returns (a new alert, written back)."""
         above = band_of(risk, model) is RiskBand.HIGH
         crossed = above != was_above
-        if crossed and self._settings.writeback:
+        write = crossed and self._settings.writeback and deployment.cards_off(WRITEBACK) is None
+        if write:
             resource = risk_assessment(
                 p, patient_id=patient_id, encounter_id=context.encounter_id, risk=risk, model=model
             )
             search = {"identifier": resource["identifier"][0]["system"] + "|" + p}
             await self._fhir(lambda c: c.conditional_update(resource, search))
         await self._cache.save_score(p, risk, model.version, above if crossed else None)
-        return crossed and self._settings.writeback
+        return crossed and above, write
 
     async def rescore(self, now: float | None = None) -> int:
-        """Score every census patient's cached vector in one batch; returns the rows scored."""
+        """Score every census patient's cached vector, one batch per shown version; returns the
+        rows scored."""
         now = time.time() if now is None else now
-        model = self._models.current
-        if model is None:
+        deployment = self._models.deployment
+        if deployment.active is None:
             return 0
         seen = now - 3 * self._settings.census_interval_s
         vectors = await self._cache.features(await self._cache.census(seen))
         if not vectors:
             return 0
-        pseudonyms = list(vectors)
-        risks = model.predict(np.vstack([vectors[p] for p in pseudonyms]))
-        for p, risk in zip(pseudonyms, risks.tolist(), strict=True):
-            cached = await self._cache.get(p)
-            if cached is not None:
-                await self._score(
-                    p,
-                    patient_id=cached.patient_id,
-                    context=cached.context,
-                    risk=risk,
-                    model=model,
-                    was_above=cached.above,
-                )
-        return len(pseudonyms)
+        groups: dict[str, tuple[LoadedModel, list[str]]] = {}
+        for p in vectors:
+            model, _ = deployment.shown(p)
+            if model is not None:
+                groups.setdefault(model.version, (model, []))[1].append(p)
+        hours_each = self._settings.rescore_interval_s / 3600
+        batches = []
+        for model, pseudonyms in groups.values():
+            rows = np.vstack([vectors[p] for p in pseudonyms])
+            risks = model.predict(rows)
+            alerts = 0
+            for p, risk in zip(pseudonyms, risks.tolist(), strict=True):
+                cached = await self._cache.get(p)
+                if cached is not None:
+                    alerted, _ = await self._score(
+                        p,
+                        patient_id=cached.patient_id,
+                        context=cached.context,
+                        risk=risk,
+                        model=model,
+                        was_above=cached.above,
+                        deployment=deployment,
+                    )
+                    alerts += alerted
+            batches.append(
+                ScoredBatch(model, rows, risks, alerts=alerts, patient_hours=hours_each * len(rows))
+            )
+        await self._record(deployment, batches, datetime.fromtimestamp(now, UTC))
+        return sum(len(b.rows) for b in batches)

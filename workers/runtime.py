@@ -9,14 +9,25 @@ process.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
+import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import httpx
 from cryptography.fernet import Fernet
 
-from cds_service.lifecycle.follower import ModelHolder
+from cds_service.errors import DependencyUnavailable
+from cds_service.lifecycle.audit import AuditTrail
+from cds_service.lifecycle.follower import ModelHolder, poll
+from cds_service.lifecycle.monitor import DriftMonitor
+from cds_service.lifecycle.operations import Operations
+from cds_service.lifecycle.policy import load_policy
+from cds_service.lifecycle.recorder import ScoreRecorder
+from cds_service.lifecycle.state import LifecycleStore
 from cds_service.metrics import Metrics
 from cds_service.security.pseudonym import Pseudonymiser
 from cds_service.settings import Settings
@@ -29,6 +40,7 @@ from fhir_adapters.variables import VARIABLES
 from workers.refresh import Refresher
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class WorkerRuntime:
@@ -42,8 +54,17 @@ class WorkerRuntime:
         retention = settings.timeline_retention_h * 3600
         self.cache = PatientCache(self.redis, pseudonymiser, cipher, retention)
         self.timeline = TimelineStore(self.redis, pseudonymiser, VARIABLES, retention_s=retention)
-        self.models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, Metrics())
+        metrics = Metrics()
+        self.models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, metrics)
         self.models.load_active()
+        self.audit = AuditTrail(self.redis, timedelta(days=settings.lifecycle.audit_retention_days))
+        self.lifecycle = LifecycleStore(self.redis, self.audit)
+        policy = load_policy(settings.lifecycle.policy_file)
+        root = settings.sepsis.model_root
+        operations = Operations(self.lifecycle, self.audit, root, policy, settings.sepsis.device)
+        self.monitor = DriftMonitor(self.redis, operations, self.audit, root, policy.drift)
+        self._poll_interval = settings.lifecycle.poll_interval_s
+        self._polled = -math.inf
         smart = settings.worker.smart
         auth = (
             BackendAuth(
@@ -66,7 +87,21 @@ class WorkerRuntime:
             cache=self.cache,
             models=self.models,
             codes=site_index(settings.site_maps),
+            recorder=ScoreRecorder(self.redis, self.audit, metrics),
         )
+
+    def follow(self) -> None:
+        """Read the deployment state when the last read is a polling interval old. Called as
+        each task starts: a process scores only inside tasks, so an idle one has nothing to
+        follow, and a busy one follows within one interval."""
+        if time.monotonic() - self._polled < self._poll_interval:
+            return
+        try:
+            self.run(poll(self.models, self.lifecycle))
+        except DependencyUnavailable:
+            log.warning("lifecycle state unreadable; keeping %s", self.models.deployment.revision)
+            return
+        self._polled = time.monotonic()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)

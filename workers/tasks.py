@@ -9,6 +9,7 @@ broker is Redis, where no FHIR id may be in plain text.
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -16,7 +17,7 @@ from celery import Celery, Task
 from cds_service.errors import DependencyUnavailable
 from cds_service.settings import Settings
 from fhir_adapters.errors import FhirUnavailable
-from workers.runtime import RuntimeHolder
+from workers.runtime import RuntimeHolder, WorkerRuntime
 
 TRANSIENT = (FhirUnavailable, DependencyUnavailable)
 
@@ -32,10 +33,15 @@ def register_tasks(app: Celery, runtimes: RuntimeHolder, settings: Settings) -> 
         base = min(cap, 2 ** (task.request.retries + 1))
         return float(base / 2 + random.uniform(0, base / 2))  # noqa: S311 - jitter needs no secrecy
 
+    def runtime() -> WorkerRuntime:
+        current = runtimes.get()
+        current.follow()
+        return current
+
     @app.task(name="workers.census_refresh", bind=True, max_retries=retries)
     def census_refresh(self: Task[Any, Any]) -> int:
         try:
-            due = runtimes.get().run(runtimes.get().refresher.census())
+            due = runtime().run(runtimes.get().refresher.census())
         except TRANSIENT as error:
             raise self.retry(exc=error, countdown=backoff(self, error)) from error
         for p in due:
@@ -45,7 +51,7 @@ def register_tasks(app: Celery, runtimes: RuntimeHolder, settings: Settings) -> 
     @app.task(name="workers.patient_refresh", bind=True, max_retries=retries)
     def patient_refresh(self: Task[Any, Any], pseudonym: str) -> dict[str, object] | None:
         try:
-            result = runtimes.get().run(runtimes.get().refresher.refresh(pseudonym))
+            result = runtime().run(runtimes.get().refresher.refresh(pseudonym))
         except TRANSIENT as error:
             raise self.retry(exc=error, countdown=backoff(self, error)) from error
         if result is None:
@@ -55,6 +61,19 @@ def register_tasks(app: Celery, runtimes: RuntimeHolder, settings: Settings) -> 
     @app.task(name="workers.census_rescore", bind=True, max_retries=retries)
     def census_rescore(self: Task[Any, Any]) -> int:
         try:
-            return runtimes.get().run(runtimes.get().refresher.rescore())
+            return runtime().run(runtimes.get().refresher.rescore())
         except TRANSIENT as error:
             raise self.retry(exc=error, countdown=backoff(self, error)) from error
+
+    @app.task(name="workers.drift_check", bind=True, max_retries=1)
+    def drift_check(self: Task[Any, Any]) -> dict[str, Any]:
+        """The drift monitor's run: figures per shown version, and the action they call for.
+        One retry only: the next scheduled run reads the same window anyway."""
+        try:
+            result = runtime().run(runtimes.get().monitor.check(datetime.now(UTC)))
+        except TRANSIENT as error:
+            raise self.retry(exc=error, countdown=backoff(self, error)) from error
+        return {
+            "snapshots": [s.model_dump(mode="json") for s in result.snapshots],
+            "actions": [a.model_dump(mode="json", exclude_none=True) for a in result.actions],
+        }

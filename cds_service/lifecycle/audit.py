@@ -95,7 +95,7 @@ class AuditTrail:
     def add(self, pipe: Pipeline, stream: str, event: BaseModel, now: datetime) -> None:
         """Queue one append on ``pipe`` (so it shares the caller's round trip or transaction)."""
         payload = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
-        pipe.xadd(stream, {"e": payload}, minid=_minid(now, self.retention), approximate=True)
+        pipe.xadd(stream, {"e": payload}, minid=_minid(now, self.retention), approximate=False)
 
     async def append(self, stream: str, event: BaseModel, now: datetime | None = None) -> None:
         pipe = self._redis.pipeline(transaction=False)

@@ -155,7 +155,14 @@ class ModelHolder:
 async def poll(holder: ModelHolder, store: LifecycleStore) -> bool:
     """Read the shared state once; apply it when its revision changed. True when it did."""
     state = await store.read()
-    if state is None or state.revision == holder.deployment.revision:
+    if state is None:
+        # No stored state (never changed, or Redis lost its data): run what any process
+        # starting now would run, the manifest's active version, so that all processes agree.
+        if holder.deployment.revision == -1:
+            return False
+        await asyncio.to_thread(holder.load_active)
+        return True
+    if state.revision == holder.deployment.revision:
         return False
     await asyncio.to_thread(holder.apply, state)
     return True

@@ -9,6 +9,7 @@ audit event with the actor, the reason and the figures.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from cds_service.inference.registry import (
     read_manifest,
 )
 from cds_service.lifecycle.audit import LIFECYCLE_STREAM, Action, AuditTrail, LifecycleEvent
-from cds_service.lifecycle.gates import check_gates
+from cds_service.lifecycle.gates import GateResult, check_gates
 from cds_service.lifecycle.policy import Policy
 from cds_service.lifecycle.state import (
     DeploymentState,
@@ -105,29 +106,22 @@ class Operations:
             return LifecycleRefused(why, event)
 
         try:
-            entry = find_version(manifest, version)
-        except ModelRefused as exc:
-            raise refuse(str(exc)) from exc
-        gate = check_gates(entry, self._policy.gates) if to != "shadow" else None
-        if gate is not None and not gate.passed:
-            raise refuse("gates failed: " + "; ".join(gate.failures), {"gates": gate.figures})
-        try:
-            # Every process would refuse a version whose files or features do not verify, and
-            # then run another one than the state names: refuse it here instead.
-            await asyncio.to_thread(load_version, self._root, version, self._device, manifest)
-        except ModelRefused as exc:
-            raise refuse(f"does not load: {exc}") from exc
+            gate = await self._admissible(version, to, manifest, refuse)
+        except LifecycleRefused as refused:
+            if refused.event is not None:
+                await self._audit.append(LIFECYCLE_STREAM, refused.event, now)
+            raise
         figures: dict[str, Any] = {"gates": gate.figures} if gate else {}
 
         def mutate(state: DeploymentState) -> LifecycleEvent:
             role = state.role_of(version)
             if version in state.withdrawn:
-                raise refuse("was withdrawn (rolled back); register a corrected version")
+                raise refuse("was withdrawn (rolled back); register a corrected version", None)
             if role == "active":
-                raise refuse("is already active")
+                raise refuse("is already active", None)
             needed = {"shadow": None, "canary": "shadow", "active": "canary"}[to]
             if to != "shadow" and role != needed:
-                raise refuse(f"must be {needed} before {to} (it is {role or 'not deployed'})")
+                raise refuse(f"must be {needed} before {to} (it is {role or 'not deployed'})", None)
             if to == "shadow":
                 if state.canary == version:
                     state.canary = None
@@ -144,6 +138,29 @@ class Operations:
             )  # fmt: skip
 
         return await self._change(mutate, now)
+
+    async def _admissible(
+        self,
+        version: str,
+        to: Role,
+        manifest: Manifest,
+        refuse: Callable[[str, dict[str, Any] | None], LifecycleRefused],
+    ) -> GateResult | None:
+        """The checks that need no state: registered, through the gates, loadable."""
+        try:
+            entry = find_version(manifest, version)
+        except ModelRefused as exc:
+            raise refuse(str(exc), None) from exc
+        gate = check_gates(entry, self._policy.gates) if to != "shadow" else None
+        if gate is not None and not gate.passed:
+            raise refuse("gates failed: " + "; ".join(gate.failures), {"gates": gate.figures})
+        try:
+            # Every process would refuse a version whose files or features do not verify, and
+            # then run another one than the state names: refuse it here instead.
+            await asyncio.to_thread(load_version, self._root, version, self._device, manifest)
+        except ModelRefused as exc:
+            raise refuse(f"does not load: {exc}", None) from exc
+        return gate
 
     async def rollback(
         self, actor: str, reason: str, now: datetime, figures: dict[str, Any] | None = None
