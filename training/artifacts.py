@@ -36,11 +36,29 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: where the drift bins of a feature are cut (their distinct values): the shares between them are
+#: counted exactly, so a point mass (a count of 0, a flag) gets its true share, which seven
+#: quantiles alone cannot give
+BIN_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def exact_bins(present: npt.NDArray[np.float64], levels: Sequence[float]) -> dict[str, list[float]]:
+    """Inner edges (distinct quantiles of ``present`` at ``levels``) and the exact share of
+    ``present`` in each right-closed bin ``(-inf, e1], (e1, e2], ..., (ek, +inf)``."""
+    edges = np.unique(np.quantile(present, levels))
+    index = np.searchsorted(edges, present, side="left")
+    counts = np.bincount(index, minlength=len(edges) + 1)
+    return {
+        "edges": [float(e) for e in edges],
+        "shares": [float(c) for c in counts / counts.sum()],
+    }
+
+
 def reference_statistics(
     data: Dataset, probabilities: npt.NDArray[np.float64], threshold: float
 ) -> dict[str, Any]:
-    """Per-feature quantiles and missingness and the score distribution: drift monitoring's
-    reference, measured on the validation patients."""
+    """Per-feature quantiles, missingness and exact bin shares, and the score distribution:
+    drift monitoring's reference, measured on the validation patients."""
     features = data.features.astype(np.float64)
     quantiles = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
     per_feature: dict[str, Any] = {}
@@ -52,15 +70,18 @@ def reference_statistics(
             "quantiles": [float(q) for q in np.quantile(present, quantiles)]
             if present.size
             else None,
+            "bins": exact_bins(present, BIN_LEVELS) if present.size else None,
         }
     hours = len(data.labels)
     alerts = int(
         np.sum(np.diff(np.concatenate([[0], (probabilities >= threshold).astype(int)])) == 1)
     )
+    score_levels = np.linspace(0, 1, 21)
     return {
         "quantile_levels": list(quantiles),
         "features": per_feature,
-        "score_quantiles": [float(q) for q in np.quantile(probabilities, np.linspace(0, 1, 21))],
+        "score_quantiles": [float(q) for q in np.quantile(probabilities, score_levels)],
+        "score_bins": exact_bins(probabilities, score_levels[1:-1].tolist()),
         "alerts_per_100_patient_days": alerts / (hours / 24) * 100 if hours else None,
     }
 

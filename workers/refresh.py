@@ -208,7 +208,9 @@ class Refresher:
                 deployment=deployment,
             )
             await self._record(
-                deployment, [ScoredBatch(model, rows, scores, alerts=int(alerted))], now
+                deployment,
+                [ScoredBatch(model, rows, scores, alerts=int(alerted), patients=(p,))],
+                now,
             )
         return RefreshResult(len(entries), added, risk, wrote)
 
@@ -298,7 +300,14 @@ class Refresher:
                     )
                     alerts += alerted
             batches.append(
-                ScoredBatch(model, rows, risks, alerts=alerts, patient_hours=hours_each * len(rows))
+                ScoredBatch(
+                    model,
+                    rows,
+                    risks,
+                    alerts=alerts,
+                    patient_hours=hours_each * len(rows),
+                    patients=tuple(pseudonyms),
+                )
             )
         await self._record(deployment, batches, datetime.fromtimestamp(now, UTC))
         return sum(len(b.rows) for b in batches)

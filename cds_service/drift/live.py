@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -44,6 +45,8 @@ class WindowCounts:
     feature_counts: tuple[IntArray, ...]
     feature_missing: tuple[int, ...]
     score_counts: IntArray
+    #: distinct patients (HyperLogLog union of the buckets' sketches; ~0.8 % standard error)
+    stays: int | None = None
 
 
 def hour_of(now: datetime) -> int:
@@ -101,6 +104,7 @@ class LiveStats:
         alerts: int,
         patient_hours: float,
         now: datetime,
+        patients: Sequence[str] = (),
     ) -> None:
         """Queue the counts of a scored batch (``rows`` N x F features, NaN = missing; ``scores``
         N) for the bucket of ``now`` on ``pipe``, to share the caller's round trip."""
@@ -121,7 +125,13 @@ class LiveStats:
         pipe.hincrby(key, "n", int(rows.shape[0]))
         pipe.hincrby(key, "alerts", int(alerts))
         pipe.hincrbyfloat(key, "patient_hours", float(patient_hours))
-        pipe.pexpire(key, int(self.retention.total_seconds() * 1000))
+        ttl = int(self.retention.total_seconds() * 1000)
+        pipe.pexpire(key, ttl)
+        if patients:
+            # A sketch of the (already keyed-hash) pseudonyms: it answers "how many distinct
+            # patients" and nothing about which.
+            pipe.pfadd(f"{key}:stays", *patients)
+            pipe.pexpire(f"{key}:stays", ttl)
 
     async def record(
         self,
@@ -148,13 +158,16 @@ class LiveStats:
             raise ValueError("the window is longer than the counts are kept")
         last = hour_of(now)
         pipe = self._redis.pipeline(transaction=False)
-        for hour in range(last - hours + 1, last + 1):
+        window = range(last - hours + 1, last + 1)
+        for hour in window:
             pipe.hgetall(self.key(hour))
+        pipe.pfcount(*(f"{self.key(hour)}:stays" for hour in window))
         try:
-            buckets: list[dict[bytes, bytes]] = await pipe.execute()
+            *buckets, stays = await pipe.execute()
         except RedisError as exc:
             raise DependencyUnavailable("drift counts are unavailable: Redis unavailable") from exc
-        return self._sum(buckets)
+        counts = self._sum(buckets)
+        return replace(counts, stays=int(stays) if stays else None)
 
     def _sum(self, buckets: list[dict[bytes, bytes]]) -> WindowCounts:
         features = self.reference.features
@@ -200,4 +213,5 @@ def report(counts: WindowCounts, reference: Reference) -> DriftReport:
         rows=counts.rows,
         alerts=counts.alerts,
         patient_hours=counts.patient_hours,
+        stays=counts.stays,
     )

@@ -1,10 +1,14 @@
 """Drift figures from binned counts: PSI, normalised Wasserstein distance, missingness, alerts.
 
 Pure numpy, no I/O. The reference of a model version (``reference.json``, written at training by
-``training.artifacts.reference_statistics``) keeps seven quantiles per feature, not a histogram,
-so the reference distribution is known only as a step CDF through those points: the bins used
-live are the spaces between the reference quantiles, and each bin's expected share is the gap
-between the quantile levels either side of it (0.01, 0.04, 0.20, 0.25, 0.25, 0.20, 0.04, 0.01).
+``training.artifacts.reference_statistics``) holds, per feature, bins cut at distinct quantiles
+with the exact share of validation rows in each (``bins``), and the same for the score. An older
+reference kept seven quantiles only; its distribution is then known only as a step CDF through
+those points, the bins are the spaces between the quantiles, and each bin's expected share is the
+gap between the levels either side (0.01, 0.04, 0.20, 0.25, 0.25, 0.20, 0.04, 0.01), with point
+masses estimated (:func:`reference_bins`); on real data those estimates were off enough to give
+a PSI above 0.25 on the reference population itself (hours-since and count features), which is
+why exact shares are stored now.
 
 Bins are right-closed, ``(e[k-1], e[k]]``, with ``-inf`` and ``+inf`` outside, so a value equal to
 a quantile falls in the bin that ends at it, as ``P(X <= q) >= level`` says it should.
@@ -183,6 +187,15 @@ def alerts_per_100_patient_days(alerts: int, patient_hours: float) -> float | No
     return alerts / (patient_hours / 24) * 100
 
 
+def _exact(bins: Mapping[str, Any]) -> tuple[FloatArray, FloatArray]:
+    """Edges and shares counted at training (``training.artifacts.exact_bins``)."""
+    inner = np.asarray(bins["edges"], dtype=np.float64)
+    shares = np.asarray(bins["shares"], dtype=np.float64)
+    if shares.shape != (inner.size + 1,) or not np.isclose(shares.sum(), 1.0):
+        raise ValueError("exact bins need one share per bin, summing to 1")
+    return np.concatenate([[-np.inf], inner, [np.inf]]), shares
+
+
 @dataclass(frozen=True)
 class FeatureReference:
     """What drift monitoring needs of one feature's reference."""
@@ -209,7 +222,11 @@ class Reference:
         for name in feature_names:
             entry = data["features"][name]
             quantiles = entry["quantiles"]
-            edges, expected = reference_bins(levels, quantiles)
+            exact = entry.get("bins")
+            if exact is not None:
+                edges, expected = _exact(exact)
+            else:  # a reference written before exact bins: shares estimated from quantiles
+                edges, expected = reference_bins(levels, quantiles)
             features.append(
                 FeatureReference(
                     name=name,
@@ -219,9 +236,12 @@ class Reference:
                 )
             )
         rate = data.get("alerts_per_100_patient_days")
+        exact_score = data.get("score_bins")
         return cls(
             features=tuple(features),
-            score=score_bins([float(v) for v in data["score_quantiles"]]),
+            score=Bins(*_exact(exact_score))
+            if exact_score is not None
+            else score_bins([float(v) for v in data["score_quantiles"]]),
             alerts_per_100_patient_days=None if rate is None else float(rate),
         )
 
@@ -233,15 +253,21 @@ class FeatureDrift(BaseModel):
     wasserstein: float
     missing_delta: float
     n: int
+    bins: int = Field(default=8, description="bins the PSI was computed over")
 
 
 class DriftReport(BaseModel):
     """The drift figures of one model version over a window: no row-level value, counts only."""
 
     rows: int
+    stays: int | None = Field(
+        default=None,
+        description="distinct patients in the window (a HyperLogLog estimate); None: unknown",
+    )
     patient_hours: float
     features: dict[str, FeatureDrift]
     score_psi: float
+    score_bins: int = 20
     alert_rate: float | None = Field(description="alerts per 100 patient-days in the window")
     reference_alert_rate: float | None = Field(description="the same on the validation split")
 
@@ -263,6 +289,15 @@ class Thresholds(BaseModel):
     alert_rate_act_ratio: float = 2.0
     min_rows: int = 200
     """Fewer rows (present values for a feature) than this: the figure is not judged."""
+    min_stays: int = 100
+    """Fewer effective patients than this: a distribution is not judged (our choice).
+
+    A census window holds the same patients hour after hour: 12 rows of one stay carry a lab
+    value once. With ``stays`` known, a feature's effective sample is its present rows times
+    stays / rows, and PSI is judged above its sampling floor, (bins - 1) / effective n (the mean
+    of n x PSI under no drift is about the chi-square's degrees of freedom). Replaying hospital A
+    to its own model, 100 beds for 12 hours, gave PSIs up to 1.9 on labs seen in ~25 patients
+    without it (tests/workers/test_drift_simulation.py)."""
     min_patient_hours: float = 240.0
     """Ten patient-days before the alert rate is judged (our choice)."""
 
@@ -298,24 +333,44 @@ def worst(levels: Sequence[Level]) -> Level:
     return max(levels, key=_ORDER.__getitem__, default="ok")
 
 
+def _effective(n: int, report: DriftReport) -> float:
+    """Present rows discounted for repeated rows of the same patients (see ``min_stays``)."""
+    if report.stays is None or report.rows <= 0:
+        return float(n)
+    return n * min(1.0, report.stays / report.rows)
+
+
+def _above_floor(psi_value: float, bins: int, effective: float) -> float:
+    return psi_value - (bins - 1) / effective if effective > 0 else 0.0
+
+
 def classify(report: DriftReport, thresholds: Thresholds) -> Verdict:
-    """Judge each figure of ``report``; figures on too few counts are ``ok`` (not judged)."""
+    """Judge each figure of ``report``; figures on too few counts are ``ok`` (not judged).
+
+    The normalised Wasserstein distance raises a feature to ``warn`` at most unless its PSI is at
+    warn too: its scale is the reference spread estimated from seven quantiles, which for a point
+    mass (hours since a vital, 0 most of the time) or a heavy-tailed lab is fragile enough to read
+    0.25-0.33 on hospital A's own rows, while PSI on exact bins stays below 0.06 there."""
     t = thresholds
+    stays = report.stays if report.stays is not None else report.rows
     features: dict[str, Level] = {}
     for name, drift in report.features.items():
         missing = level(drift.missing_delta, t.missing_delta_warn, t.missing_delta_act)
-        if report.rows < t.min_rows:
+        if report.rows < t.min_rows or stays < t.min_stays:
             missing = "ok"
         shape: list[Level] = []
-        if drift.n >= t.min_rows:
-            shape = [
-                level(drift.psi, t.psi_warn, t.psi_act),
-                level(drift.wasserstein, t.wasserstein_warn, t.wasserstein_act),
-            ]
+        effective = _effective(drift.n, report)
+        if drift.n >= t.min_rows and effective >= t.min_stays:
+            psi_level = level(_above_floor(drift.psi, drift.bins, effective), t.psi_warn, t.psi_act)
+            w_level = level(drift.wasserstein, t.wasserstein_warn, t.wasserstein_act)
+            if w_level == "act" and psi_level == "ok":
+                w_level = "warn"
+            shape = [psi_level, w_level]
         features[name] = worst([missing, *shape])
     score: Level = "ok"
-    if report.rows >= t.min_rows:
-        score = level(report.score_psi, t.psi_warn, t.psi_act)
+    if report.rows >= t.min_rows and stays >= t.min_stays:
+        floor = _above_floor(report.score_psi, report.score_bins, _effective(report.rows, report))
+        score = level(floor, t.psi_warn, t.psi_act)
     alert: Level = "ok"
     reference = report.reference_alert_rate
     if (
@@ -344,6 +399,7 @@ def drift_report(
     rows: int,
     alerts: int,
     patient_hours: float,
+    stays: int | None = None,
 ) -> DriftReport:
     """The figures of a window's counts (one array per feature, one missing count per feature)
     against ``reference``."""
@@ -363,9 +419,12 @@ def drift_report(
             ),
             missing_delta=missing_drift(ref.missing, int(missing), rows),
             n=int(observed.sum()),
+            bins=ref.bins.size,
         )
     return DriftReport(
         rows=rows,
+        stays=stays,
+        score_bins=reference.score.size,
         patient_hours=patient_hours,
         features=features,
         score_psi=psi(reference.score.expected, score_counts),

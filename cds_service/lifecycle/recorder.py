@@ -35,6 +35,8 @@ class ScoredBatch:
     scores: npt.NDArray[np.float64]
     alerts: int = 0
     patient_hours: float = 0.0
+    #: the rows' patient pseudonyms, for the distinct-patient sketch
+    patients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class ScoreRecorder:
                     alerts=batch.alerts,
                     patient_hours=batch.patient_hours,
                     now=now,
+                    patients=batch.patients,
                 )
         for pair in shadow or []:
             # The shadow's own counts (no alerts or patient time: its cards are never shown)

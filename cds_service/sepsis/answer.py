@@ -152,7 +152,10 @@ class SepsisAnswer:
             shadow_risk=shadow_risk,
         )
         await self._recorder.record(
-            [ScoredBatch(model, row, scores)], datetime.now(UTC), pairs, [event]
+            [ScoredBatch(model, row, scores, patients=(pseudonym,))],
+            datetime.now(UTC),
+            pairs,
+            [event],
         )
 
     def _card(self, context: HookContext, assessment: SepsisAssessment) -> Card | None:

@@ -194,7 +194,8 @@ def test_reference_traffic_is_ok(harness: Harness) -> None:
     assert acting == []
     assert verdict.inputs in {"ok", "warn"}
     assert verdict.behaviour == "ok"
-    assert max(f.psi for f in drift.features.values()) < 0.1
+    # PSI above its sampling floor, (bins - 1) / n: rare labs have ~220 values in 14 bins.
+    assert max(f.psi - (f.bins - 1) / f.n for f in drift.features.values() if f.n) < 0.1
     assert drift.score_psi < 0.1
     assert drift.alert_rate == pytest.approx(55.68, abs=0.01)
 
