@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request
 
 from cds_service.body import read_json
@@ -9,6 +11,7 @@ from cds_service.deps import ComponentsDep
 from cds_service.errors import NotFound
 from cds_service.hook_call import validate
 from cds_service.hooks_models import FeedbackRequest
+from cds_service.lifecycle.audit import CALLS_STREAM, CallEvent
 from cds_service.responses import JsonResponse
 
 router = APIRouter()
@@ -33,4 +36,23 @@ async def feedback(service_id: str, request: Request, c: ComponentsDep) -> JsonR
         c.metrics.feedback.labels(
             service=service.id, outcome=outcome, stored=str(stored).lower()
         ).inc()
+    # The audit trail links each new entry to its scored call by the card's uuid; the user's
+    # free-text comment stays out of it (it may name the patient).
+    now = datetime.now(UTC)
+    events = [
+        CallEvent(
+            at=now,
+            kind="feedback",
+            service=service.id,
+            card=entry.outcome,
+            card_uuid=entry.card,
+            override_reason=entry.overrideReason.reason.code
+            if entry.overrideReason and entry.overrideReason.reason
+            else None,
+        )
+        for entry, (_, stored) in zip(body.feedback, result.outcomes, strict=True)
+        if stored
+    ]
+    for event in events:
+        await c.audit.append(CALLS_STREAM, event, now)
     return JsonResponse({"received": result.received, "stored": result.stored})

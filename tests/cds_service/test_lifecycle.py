@@ -398,3 +398,30 @@ def test_the_shadow_scores_every_call_and_is_never_shown(
         "sepsis-gbdt-A-1" in page.text
         and "default-src 'none'" in page.headers["content-security-policy"]
     )
+
+
+def test_feedback_joins_its_scored_call_in_the_audit_trail(
+    lifecycle_api: LiveApi, on_own: Caller, clean: redis.Redis, http: httpx.Client,
+    high: SepsisCase,
+) -> None:  # fmt: skip
+    response = on_own.post(PATIENT_VIEW, hook_request(high, patient_id="feedback-1"))
+    card = response.json()["cards"][0]
+    entry = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {"code": "not-septic", "system": card["overrideReasons"][0]["system"]},
+            "userComment": "Patient feedback-1 is fine",
+        },
+        "outcomeTimestamp": datetime.now(UTC).isoformat(),
+    }
+    assert on_own.post(f"{PATIENT_VIEW}/feedback", {"feedback": [entry]}).status_code == 200
+    calls = http.get(
+        f"{lifecycle_api.url}/admin/audit", params={"stream": "calls"}, headers=ADMIN
+    ).json()["entries"]
+    feedback, call = calls[0]["event"], calls[1]["event"]
+    assert feedback["kind"] == "feedback" and feedback["card"] == "overridden"
+    assert feedback["override_reason"] == "not-septic"
+    assert feedback["card_uuid"] == call["card_uuid"] == card["uuid"]
+    assert call["kind"] == "call" and call["card"] == "shown"
+    assert "feedback-1" not in str(calls)  # neither the id nor the free-text comment
