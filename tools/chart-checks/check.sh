@@ -40,7 +40,7 @@ step "kubernetes-validate --strict against Kubernetes $KUBERNETES_VERSION"
     --quiet "$rendered"/*.yaml
 echo "every built-in object is valid"
 
-step "custom resources (ServiceMonitor, ScaledObject)"
+step "custom resources (ServiceMonitor, PrometheusRule, ScaledObject)"
 "$tools/validate/bin/python" "$here/validate_crs.py" "$rendered"/*.yaml
 
 step "checkov (offline): rendered manifests and the Dockerfile"

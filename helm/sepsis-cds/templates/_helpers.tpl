@@ -113,6 +113,21 @@ given, else the tag, else the default tag. A missing tag or `latest` fails the r
 {{- .Values.redis.external.existingSecret | default (printf "%s-redis-url" (include "sepsis-cds.fullname" .)) -}}
 {{- end -}}
 
+{{- define "sepsis-cds.adminSecretName" -}}
+{{- .Values.admin.existingSecret | default (printf "%s-admin" (include "sepsis-cds.fullname" .)) -}}
+{{- end -}}
+
+{{/* Whether the admin API is on: token hashes are given or an existing Secret named. */}}
+{{- define "sepsis-cds.hasAdmin" -}}
+{{- if or .Values.admin.existingSecret .Values.admin.tokens -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the lifecycle policy ConfigMap is mounted, and the file in it. */}}
+{{- define "sepsis-cds.lifecycleDir" -}}/etc/cds/lifecycle{{- end -}}
+{{- define "sepsis-cds.lifecyclePolicyFile" -}}
+{{- printf "%s/policy.toml" (include "sepsis-cds.lifecycleDir" .) -}}
+{{- end -}}
+
 {{/* Whether the JWKS volume exists: a JWK Set file is given or an existing Secret named. */}}
 {{- define "sepsis-cds.hasJwks" -}}
 {{- if or .Values.jwks.existingSecret .Values.jwks.files -}}true{{- end -}}
@@ -161,6 +176,20 @@ given, else the tag, else the default tag. A missing tag or `latest` fails the r
 {{- if and .Values.workers.config.smart.enabled (not .Values.secrets.existingSecret) (not .Values.secrets.smartPrivateKeyPem) -}}
 {{- fail "workers.config.smart.enabled needs secrets.smartPrivateKeyPem or secrets.existingSecret" -}}
 {{- end -}}
+{{- if and .Values.admin.tokens .Values.admin.existingSecret -}}
+{{- fail "set admin.tokens or admin.existingSecret, not both: one list says who may act" -}}
+{{- end -}}
+{{- if and .Values.ingress.enabled (not .Values.admin.ingress.expose) -}}
+{{- range .Values.ingress.paths -}}
+{{- $path := trimSuffix "/" . -}}
+{{- if or (eq $path "") (eq $path "/admin") (hasPrefix "/admin/" $path) -}}
+{{- fail (printf "ingress.paths has %q, which routes the admin API (/admin) through the Ingress: remove it, or set admin.ingress.expose=true to mean it" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.redis.enabled (not .Values.redis.appendonly) (ne .Values.config.environment "development") -}}
+{{- fail "redis.appendonly=false would lose the audit trail on a Redis restart: keep it on (only config.environment=development may turn it off)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* CDS_JWT__ISSUERS: the issuers with their JWK Set files at the mount path. */}}
@@ -183,6 +212,9 @@ through envFrom. (dict "root" $ "worker" true) also adds the workers' own secret
 {{- define "sepsis-cds.env" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
+# The lifecycle policy ConfigMap, mounted by every pod that gets this environment.
+- name: CDS_LIFECYCLE__POLICY_FILE
+  value: {{ include "sepsis-cds.lifecyclePolicyFile" $root | quote }}
 - name: CDS_PSEUDONYM_KEY
   valueFrom:
     secretKeyRef:
@@ -242,11 +274,26 @@ through envFrom. (dict "root" $ "worker" true) also adds the workers' own secret
 {{- end }}
 {{- end -}}
 
-{{/* The volumes of a service pod: /tmp and, when given, the model registry. */}}
+{{/* The lifecycle policy's mount; every service container reads it. */}}
+{{- define "sepsis-cds.lifecycleMount" -}}
+- name: lifecycle
+  mountPath: {{ include "sepsis-cds.lifecycleDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* The lifecycle policy's volume. */}}
+{{- define "sepsis-cds.lifecycleVolume" -}}
+- name: lifecycle
+  configMap:
+    name: {{ include "sepsis-cds.fullname" . }}-lifecycle
+{{- end -}}
+
+{{/* The volumes of a service pod: /tmp, the lifecycle policy and, when given, the model registry. */}}
 {{- define "sepsis-cds.volumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{ include "sepsis-cds.lifecycleVolume" . }}
 {{- with .Values.models.volume }}
 - name: models
   {{- toYaml . | nindent 2 }}
@@ -256,6 +303,7 @@ through envFrom. (dict "root" $ "worker" true) also adds the workers' own secret
 {{/* Annotations that restart the pods when the configuration or the chart's secrets change. */}}
 {{- define "sepsis-cds.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/lifecycle: {{ include (print .Template.BasePath "/lifecycle-configmap.yaml") . | sha256sum }}
 checksum/secret: {{ printf "%s%s%s%s"
   (include (print .Template.BasePath "/secret.yaml") .)
   (include (print .Template.BasePath "/jwks-secret.yaml") .)

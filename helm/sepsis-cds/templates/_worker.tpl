@@ -120,6 +120,7 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- include "sepsis-cds.lifecycleMount" $root | nindent 12 }}
             {{- with include "sepsis-cds.modelMount" $root }}
             {{- . | trim | nindent 12 }}
             {{- end }}
