@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +22,8 @@ import redis
 import redis.asyncio as aioredis
 from lifecycle_support import ADMIN, ADMIN_HASH, ADMIN_TOKEN, registry_copy
 
+from cds_service.admin_cli import CliSettings
+from cds_service.admin_cli import main as admin_cli
 from cds_service.inference.registry import read_manifest
 from cds_service.lifecycle.audit import LIFECYCLE_STREAM, AuditTrail, LifecycleEvent, durability
 from cds_service.lifecycle.follower import ModelHolder, canary_bucket
@@ -247,7 +253,7 @@ def lifecycle_api(
 ) -> LiveApi:
     return start_api(
         redis_url=own_redis.url,
-        sepsis={"model_root": root},
+        sepsis={"model_root": root, "device": "cpu"},
         lifecycle={"poll_interval_s": POLL_S},
         admin={"tokens": {"alice": ADMIN_HASH}},
     )
@@ -425,3 +431,38 @@ def test_feedback_joins_its_scored_call_in_the_audit_trail(
     assert feedback["card_uuid"] == call["card_uuid"] == card["uuid"]
     assert call["kind"] == "call" and call["card"] == "shown"
     assert "feedback-1" not in str(calls)  # neither the id nor the free-text comment
+
+
+def test_the_cli_drives_the_admin_api(
+    lifecycle_api: LiveApi, clean: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = CliSettings(url=lifecycle_api.url, token=ADMIN_TOKEN)
+    assert admin_cli(["versions"], settings) == 0
+    versions = json.loads(capsys.readouterr().out)["versions"]
+    assert {v["version"] for v in versions} >= {"sepsis-gbdt-AB-1", "sepsis-gbdt-AB-2"}
+    assert admin_cli(["card", "sepsis-gbdt-AB-1"], settings) == 0
+    assert "sepsis-gbdt-AB-1" in capsys.readouterr().out
+    promote = ["promote", "sepsis-gbdt-AB-2-weak", "--to", "shadow", "--reason", "try it"]
+    assert admin_cli(promote, settings) == 0
+    capsys.readouterr()
+    refused = ["promote", "sepsis-gbdt-AB-2-weak", "--to", "canary", "--reason", "go live"]
+    assert admin_cli(refused, settings) == 1
+    assert "409" in capsys.readouterr().err
+    assert admin_cli(["audit", "--count", "2"], settings) == 0
+    entries = json.loads(capsys.readouterr().out)["entries"]
+    assert [e["event"]["actor"] for e in entries] == ["alice", "alice"]
+    no_token = CliSettings(url=lifecycle_api.url, token=None)
+    assert admin_cli(["state"], no_token) == 2
+    wrong = CliSettings(url=lifecycle_api.url, token="not-the-token")
+    assert admin_cli(["state"], wrong) == 1
+    assert "401" in capsys.readouterr().err
+
+
+def test_the_cli_runs_as_a_command(lifecycle_api: LiveApi) -> None:
+    env = {**os.environ, "CDS_ADMIN_URL": lifecycle_api.url, "CDS_ADMIN_TOKEN": ADMIN_TOKEN}
+    result = subprocess.run(
+        [sys.executable, "-m", "cds_service.admin_cli", "state"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "revision" in json.loads(result.stdout)["state"]
