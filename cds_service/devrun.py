@@ -133,6 +133,9 @@ def run_dev(state_dir: Path = Path(".dev")) -> int:
             python, "-m", "celery", "-A", "workers.main", "worker",
             "--loglevel=INFO", "--concurrency=1", "--hostname=dev-worker@%h",
             "--without-gossip", "--without-mingle",
+            # the beat inside the worker: the drift monitor's checks (and the census jobs when
+            # a FHIR server is configured) run in development too
+            "--beat",
         ]  # fmt: skip
         children.append(subprocess.Popen(worker_args, env=env, start_new_session=True))
         api_args = [python, "-m", "cds_service.cli", "serve"]

@@ -61,20 +61,7 @@ def create_celery_app(settings: Settings) -> Celery:
         # The lock outlives a beat's tick; a beat that dies releases it when it expires.
         redbeat_lock_timeout=max(30, int(min(worker.census_interval_s, 300))),
         beat_max_loop_interval=5,
-        beat_schedule={
-            "census-refresh": {
-                "task": "workers.census_refresh",
-                "schedule": worker.census_interval_s,
-            },
-            "census-rescore": {
-                "task": "workers.census_rescore",
-                "schedule": worker.rescore_interval_s,
-            },
-            "drift-check": {
-                "task": "workers.drift_check",
-                "schedule": policy.drift.check_interval_s,
-            },
-        },
+        beat_schedule=_schedule(settings, policy.drift.check_interval_s),
     )
     app.conf.cds_retry_cap_s = min(worker.retry_backoff_max_s, worker.visibility_timeout_s // 2)
 
@@ -85,6 +72,24 @@ def create_celery_app(settings: Settings) -> Celery:
     register_tasks(app, RuntimeHolder(settings), settings)
     _count_outcomes(app)
     return app
+
+
+def _schedule(settings: Settings, drift_check_s: float) -> dict[str, dict[str, Any]]:
+    """The drift check always; the census jobs only where there is a FHIR server to read."""
+    worker = settings.worker
+    schedule: dict[str, dict[str, Any]] = {
+        "drift-check": {"task": "workers.drift_check", "schedule": drift_check_s},
+    }
+    if worker.fhir_base_url is not None:
+        schedule["census-refresh"] = {
+            "task": "workers.census_refresh",
+            "schedule": worker.census_interval_s,
+        }
+        schedule["census-rescore"] = {
+            "task": "workers.census_rescore",
+            "schedule": worker.rescore_interval_s,
+        }
+    return schedule
 
 
 def _count_outcomes(app: Celery) -> None:

@@ -79,16 +79,30 @@ class WorkerRuntime:
             if smart
             else None
         )
-        self.refresher = Refresher(
-            settings.worker,
-            http=self.http,
-            auth=auth,
-            timeline=self.timeline,
-            cache=self.cache,
-            models=self.models,
-            codes=site_index(settings.site_maps),
-            recorder=ScoreRecorder(self.redis, self.audit, metrics),
+        self._refresher = (
+            None
+            if settings.worker.fhir_base_url is None
+            else Refresher(
+                settings.worker,
+                http=self.http,
+                auth=auth,
+                timeline=self.timeline,
+                cache=self.cache,
+                models=self.models,
+                codes=site_index(settings.site_maps),
+                recorder=ScoreRecorder(self.redis, self.audit, metrics),
+            )
         )
+
+    @property
+    def refresher(self) -> Refresher:
+        if self._refresher is None:
+            raise RuntimeError("CDS_WORKER__FHIR_BASE_URL is needed for census work")
+        return self._refresher
+
+    def changed_state(self) -> None:
+        """This process changed the state itself (the drift monitor): read it at the next task."""
+        self._polled = -math.inf
 
     def follow(self) -> None:
         """Read the deployment state when the last read is a polling interval old. Called as

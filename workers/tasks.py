@@ -73,6 +73,8 @@ def register_tasks(app: Celery, runtimes: RuntimeHolder, settings: Settings) -> 
             result = runtime().run(runtimes.get().monitor.check(datetime.now(UTC)))
         except TRANSIENT as error:
             raise self.retry(exc=error, countdown=backoff(self, error)) from error
+        if result.actions:
+            runtimes.get().changed_state()
         return {
             "snapshots": [s.model_dump(mode="json") for s in result.snapshots],
             "actions": [a.model_dump(mode="json", exclude_none=True) for a in result.actions],

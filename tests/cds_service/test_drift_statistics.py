@@ -172,9 +172,10 @@ def drift(
         (report(drift(psi=0.3), score_psi=0.3), "act", "act"),
         # the same 1,000 rows from 50 patients: too few effective patients to judge
         (report(drift(psi=0.6, missing=0.5), score_psi=0.6, stays=50), "ok", "ok"),
-        # from 200 patients (effective n 180): PSI is judged above its floor 7/180
-        (report(drift(psi=0.3), stays=200), "act", "ok"),
-        (report(drift(psi=0.27), stays=200), "warn", "ok"),
+        # from 400 patients (effective n 360): PSI is judged above its floor 7/360
+        (report(drift(psi=0.3), stays=400), "act", "ok"),
+        (report(drift(psi=0.26), stays=400), "warn", "ok"),
+        (report(drift(psi=0.3), stays=200), "ok", "ok"),  # effective n 180 < min_stays
     ],
 )
 def test_classification_separates_inputs_from_behaviour(
