@@ -221,12 +221,14 @@ class Ward:
             await self._cache.save_refresh(p, None, row, now, now.timestamp())
 
     def hour(self) -> float:
-        """One replayed hour; returns when its rescoring finished (epoch seconds)."""
+        """One replayed hour; returns when its rescoring was sent (epoch seconds): its counts
+        reach Redis at the end of the task, after that."""
         self._loop.run_until_complete(self._admit())
+        sent = time.time()
         scored = self._celery.send_task("workers.census_rescore").get(timeout=60)
         assert scored == BEDS
         self.hours += 1
-        return time.time()
+        return sent
 
     def figures(self, version: str, hours: int) -> tuple[DriftReport, Verdict]:
         """The figures the drift monitor would compute now (the same code, in this process)."""
@@ -366,14 +368,14 @@ def test_a_candidate_with_a_broken_alert_level_is_rolled_back(
     breach_at: float | None = None
     breach: dict[str, Any] | None = None
     for _ in range(12):
-        finished = ward.hour()
-        if _event(db, "rollback") is not None:
-            break
+        sent = ward.hour()
         figures, verdict = ward.figures(BROKEN, POLICY_WINDOW_H)
-        if breach_at is None and verdict.behaviour == "act":
-            breach_at = finished
+        if breach_at is None and (verdict.behaviour == "act" or _event(db, "rollback")):
+            breach_at = sent
             breach = {"hours": ward.hours, "alert_rate": figures.alert_rate,
                       "score_psi": figures.score_psi}  # fmt: skip
+        if _event(db, "rollback") is not None:
+            break
     rolled_at = _wait(lambda: _event(db, "rollback") is not None)
     event = _event(db, "rollback")
     assert event is not None and breach_at is not None, "the breach was never reached"
@@ -399,6 +401,7 @@ def test_a_candidate_with_a_broken_alert_level_is_rolled_back(
         {
             "breach": breach,
             "rollback_event_figures": event["figures"],
+            # from the start of the rescoring whose counts crossed the act level
             "seconds_breach_to_rollback_event": round(event_at - breach_at, 2),
             "seconds_rollback_event_to_api_following": round(followed_at - event_at, 2),
             "seconds_breach_to_rollback_seen": round(rolled_at - breach_at, 2),
