@@ -119,7 +119,11 @@ def build_components(
     models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, metrics)
     models.load_active()
     scorer = Scorer(models, metrics, executor)
-    audit = AuditTrail(redis, timedelta(days=settings.lifecycle.audit_retention_days))
+    audit = AuditTrail(
+        redis,
+        timedelta(days=settings.lifecycle.audit_retention_days),
+        timedelta(days=settings.lifecycle.call_audit_retention_days),
+    )
     policy = load_policy(settings.lifecycle.policy_file)
     store = LifecycleStore(redis, audit)
     alerts = AlertState(

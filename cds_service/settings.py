@@ -309,7 +309,16 @@ class LifecycleSettings(BaseModel):
     audit_retention_days: int = Field(
         default=400,
         ge=1,
-        description="How long audit events (scored calls, lifecycle changes) are kept.",
+        description="How long lifecycle audit events (promotions, rollbacks, stops) are kept.",
+    )
+    call_audit_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "How long scored-call and feedback audit events are kept. About 400 bytes each in "
+            "Redis (measured with a shadow): 10,000 calls a day for 30 days is ~120 MB, so size "
+            "Redis's memory before raising this (the audit data is never evicted)."
+        ),
     )
 
 

@@ -57,7 +57,11 @@ class WorkerRuntime:
         metrics = Metrics()
         self.models = ModelHolder(settings.sepsis.model_root, settings.sepsis.device, metrics)
         self.models.load_active()
-        self.audit = AuditTrail(self.redis, timedelta(days=settings.lifecycle.audit_retention_days))
+        self.audit = AuditTrail(
+            self.redis,
+            timedelta(days=settings.lifecycle.audit_retention_days),
+            timedelta(days=settings.lifecycle.call_audit_retention_days),
+        )
         self.lifecycle = LifecycleStore(self.redis, self.audit)
         policy = load_policy(settings.lifecycle.policy_file)
         root = settings.sepsis.model_root

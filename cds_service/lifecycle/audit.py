@@ -86,16 +86,30 @@ def _minid(now: datetime, retention: timedelta) -> str:
 
 
 class AuditTrail:
-    def __init__(self, redis: aioredis.Redis, retention: timedelta) -> None:
-        if retention <= timedelta(0):
+    """``retention`` for lifecycle events; ``calls_retention`` (default the same) for scored
+    calls and feedback, which are many more (about 400 bytes each)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        retention: timedelta,
+        calls_retention: timedelta | None = None,
+    ) -> None:
+        calls_retention = calls_retention or retention
+        if retention <= timedelta(0) or calls_retention <= timedelta(0):
             raise ValueError("retention must be positive")
         self._redis = redis
         self.retention = retention
+        self.calls_retention = calls_retention
+
+    def retention_of(self, stream: str) -> timedelta:
+        return self.calls_retention if stream == CALLS_STREAM else self.retention
 
     def add(self, pipe: Pipeline, stream: str, event: BaseModel, now: datetime) -> None:
         """Queue one append on ``pipe`` (so it shares the caller's round trip or transaction)."""
         payload = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
-        pipe.xadd(stream, {"e": payload}, minid=_minid(now, self.retention), approximate=False)
+        minid = _minid(now, self.retention_of(stream))
+        pipe.xadd(stream, {"e": payload}, minid=minid, approximate=False)
 
     async def append(self, stream: str, event: BaseModel, now: datetime | None = None) -> None:
         pipe = self._redis.pipeline(transaction=False)

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError
 
 from cds_service.catalogue import SERVICES
-from cds_service.lifecycle.audit import durability
+from cds_service.lifecycle.audit import CALLS_STREAM, LIFECYCLE_STREAM, durability
 from cds_service.lifecycle.follower import Deployment
 from cds_service.lifecycle.monitor import HISTORY_PREFIX, DriftSnapshot
 from cds_service.lifecycle.state import ACTIONS_PREFIX
@@ -51,6 +51,8 @@ async def lifecycle_registry(redis: aioredis.Redis, deployment: Deployment) -> C
         actions = await redis.hgetall(f"{ACTIONS_PREFIX}:sepsis")
         newest = [await redis.lindex(f"{HISTORY_PREFIX}:{v}", -1) for v in versions]
         problem = await durability(redis)
+        memory = await redis.info("memory")
+        lengths = [await redis.xlen(stream) for stream in (LIFECYCLE_STREAM, CALLS_STREAM)]
     except (RedisError, OSError):
         registry.register(_Families(families))
         return registry
@@ -84,6 +86,19 @@ async def lifecycle_registry(redis: aioredis.Redis, deployment: Deployment) -> C
     durable = GaugeMetricFamily("cds_audit_durable", "1 when the audit store cannot lose data.")
     if problem is None or not problem.startswith("unknown"):
         durable.add_metric([], 1.0 if problem is None else 0.0)
-    families += [counted, level, score, feature, ratio, durable]
+    events = GaugeMetricFamily(
+        "cds_audit_events", "Audit events held in Redis, by stream.", labels=["stream"]
+    )
+    for stream, length in zip(("lifecycle", "calls"), lengths, strict=True):
+        events.add_metric([stream], float(length))
+    used = GaugeMetricFamily(
+        "cds_redis_memory_used_ratio",
+        "Redis used memory over its maxmemory (absent without a limit): the audit data is never "
+        "evicted, so a full Redis refuses writes.",
+    )
+    limit = float(memory.get("maxmemory", 0) or 0)
+    if limit > 0:
+        used.add_metric([], float(memory.get("used_memory", 0)) / limit)
+    families += [counted, level, score, feature, ratio, durable, events, used]
     registry.register(_Families(families))
     return registry

@@ -169,7 +169,7 @@ async def audit(
         {
             "stream": stream,
             "length": await c.audit.length(name),
-            "retention_days": c.audit.retention.days,
+            "retention_days": c.audit.retention_of(name).days,
             "entries": [e.model_dump(mode="json") for e in entries],
         }
     )
