@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -240,6 +240,18 @@ def test_redis_down_scores_from_prefetch_and_says_so(redis_down: Caller, high: S
     cards = cards_of(redis_down.post(PATIENT_VIEW, hook_request(high)))
     assert len(cards) == 1
     assert "partial history" in cards[0]["detail"].lower()
+
+
+def test_vitals_older_than_the_stale_limit_are_not_scored(
+    caller: Caller, api: LiveApi, http: httpx.Client, high: SepsisCase
+) -> None:
+    """The high-risk patient's record ending 8.5 h ago (limit 6 h): no risk from old data."""
+    old = hook_request(high, now=datetime.now(UTC) - timedelta(hours=8))
+    before = metric(http, api, "cds_score_not_shown_total", score="sepsis", reason="stale-vitals")
+    assert cards_of(caller.post(PATIENT_VIEW, old)) == []
+    after = metric(http, api, "cds_score_not_shown_total", score="sepsis", reason="stale-vitals")
+    assert after == before + 1
+    assert len(cards_of(caller.post(PATIENT_VIEW, hook_request(high)))) == 1
 
 
 def test_children_and_ward_patients_are_not_scored(
