@@ -51,7 +51,7 @@ class DriftSnapshot(BaseModel):
 
     at: datetime
     version: str
-    role: str
+    role: str = "active"
     rows: int
     patient_hours: float
     score_psi: float

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from cds_service.drift.statistics import Level
+from cds_service.lifecycle.monitor import DriftSnapshot as DriftPoint
+from cds_service.lifecycle.shadow import ShadowReport as ShadowSummary
 
 __all__ = [
     "AuditRow",
@@ -56,21 +58,6 @@ class VersionRow(BaseModel):
     validation: dict[str, float] = {}
 
 
-class DriftPoint(BaseModel):
-    at: datetime
-    version: str
-    rows: int
-    patient_hours: float
-    score_psi: float
-    max_feature_psi: float
-    max_feature: str | None
-    max_missing_delta: float
-    alert_rate: float | None
-    reference_alert_rate: float | None
-    inputs: Level
-    behaviour: Level
-
-
 class FeatureFigure(BaseModel):
     name: str
     psi: float
@@ -88,17 +75,6 @@ class AuditRow(BaseModel):
     version: str | None
     reason: str
     figures: dict[str, Any] = {}
-
-
-class ShadowSummary(BaseModel):
-    active: str
-    shadow: str
-    rows: int
-    agreement: float | None
-    active_alert_share: float | None
-    shadow_alert_share: float | None
-    score_psi: float | None
-    mean_abs_difference: float | None
 
 
 class MonitorView(BaseModel):

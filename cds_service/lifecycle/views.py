@@ -9,14 +9,12 @@ from cds_service.drift.statistics import DriftReport, Verdict
 from cds_service.inference.registry import Manifest
 from cds_service.lifecycle.audit import LIFECYCLE_STREAM, AuditTrail
 from cds_service.lifecycle.gates import VALIDATION, check_gates
-from cds_service.lifecycle.monitor import DriftMonitor
+from cds_service.lifecycle.monitor import DriftMonitor, DriftSnapshot
 from cds_service.lifecycle.monitor_page import (
     AuditRow,
-    DriftPoint,
     FeatureFigure,
     MonitorView,
     ServiceRow,
-    ShadowSummary,
     VersionRow,
 )
 from cds_service.lifecycle.policy import Policy
@@ -106,13 +104,13 @@ async def monitor_view(
     durable: bool | None,
     now: datetime,
 ) -> MonitorView:
-    drift: dict[str, list[DriftPoint]] = {}
+    drift: dict[str, list[DriftSnapshot]] = {}
     features: dict[str, list[FeatureFigure]] = {}
     for version in (state.active, state.canary):
         if version is None:
             continue
         history = await monitor.history(version)
-        drift[version] = [DriftPoint.model_validate(s.model_dump()) for s in history]
+        drift[version] = history
         figures, verdict = await monitor.figures(version, now)
         features[version] = feature_figures(figures, verdict)
     recent = await audit.recent(LIFECYCLE_STREAM, 30)
@@ -130,7 +128,7 @@ async def monitor_view(
             AuditRow.model_validate({"service": None, "version": None} | entry.event)
             for entry in recent
         ],
-        shadow=ShadowSummary.model_validate(report.model_dump()) if report else None,
+        shadow=report,
         window_hours=policy.drift.window_hours,
         thresholds={k: float(v) for k, v in thresholds.items()},
         audit_durable=durable,
