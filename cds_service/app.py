@@ -23,11 +23,13 @@ from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
 from cds_service.clinical_data import ClinicalData
 from cds_service.deps import Components, InFlight
-from cds_service.errors import BadRequest, CdsError, Overloaded
+from cds_service.errors import BadRequest, CdsError, DependencyUnavailable, Overloaded
 from cds_service.gc_watch import freeze_startup_heap, watch_pauses
+from cds_service.inference.registry import ModelRefused
 from cds_service.inference.scorer import Scorer
 from cds_service.lifecycle.audit import AuditTrail
-from cds_service.lifecycle.follower import ModelHolder, follow
+from cds_service.lifecycle.follower import ModelHolder, follow, poll
+from cds_service.lifecycle.monitor import DriftMonitor
 from cds_service.lifecycle.operations import Operations
 from cds_service.lifecycle.policy import load_policy
 from cds_service.lifecycle.recorder import ScoreRecorder
@@ -126,6 +128,9 @@ def build_components(
     )
     policy = load_policy(settings.lifecycle.policy_file)
     store = LifecycleStore(redis, audit)
+    operations = Operations(
+        store, audit, settings.sepsis.model_root, policy, settings.sepsis.device
+    )
     alerts = AlertState(
         redis,
         pseudonymiser,
@@ -166,10 +171,9 @@ def build_components(
         in_flight=InFlight(),
         audit=audit,
         lifecycle=store,
-        operations=Operations(
-            store, audit, settings.sepsis.model_root, policy, settings.sepsis.device
-        ),
+        operations=operations,
         admins=AdminAuth(settings.admin),
+        monitor=DriftMonitor(redis, operations, audit, settings.sepsis.model_root, policy.drift),
     )
 
 
@@ -192,6 +196,12 @@ def create_app(
         app.state.components = build_components(settings, redis_client, http_client, executor)
         components = app.state.components
         stop_watching = watch_pauses(components.metrics.gc_pause)
+        try:
+            # Read the shared state before serving: a kill switch or stop applies from the
+            # first call (until then /readyz says not ready).
+            await poll(components.models, components.lifecycle)
+        except (DependencyUnavailable, ModelRefused):
+            log.warning("lifecycle state not read at start; following in the background")
         following = asyncio.create_task(
             follow(components.models, components.lifecycle, settings.lifecycle.poll_interval_s)
         )

@@ -13,6 +13,7 @@ from cds_service.answer import Answerer
 from cds_service.catalogue import Catalogue
 from cds_service.lifecycle.audit import AuditTrail
 from cds_service.lifecycle.follower import ModelHolder
+from cds_service.lifecycle.monitor import DriftMonitor
 from cds_service.lifecycle.operations import Operations
 from cds_service.lifecycle.state import LifecycleStore
 from cds_service.metrics import Metrics
@@ -53,6 +54,7 @@ class Components:
     lifecycle: LifecycleStore
     operations: Operations
     admins: AdminAuth
+    monitor: DriftMonitor
 
 
 async def _components(request: Request) -> Components:

@@ -110,6 +110,17 @@ class Metrics:
             "Revision of the deployment state (active, shadow, canary, stops) this process runs.",
             registry=self.registry,
         )
+        self.lifecycle_applied = Gauge(
+            "cds_lifecycle_applied",
+            "1 when this process runs every version the deployment state names, 0 when one does "
+            "not load here (without its active version it shows no sepsis card).",
+            registry=self.registry,
+        )
+        self.shadow_failures = Counter(
+            "cds_lifecycle_shadow_failures",
+            "Shadow scorings that failed (the shown card is unaffected).",
+            registry=self.registry,
+        )
         self.audit_unwritten = Counter(
             "cds_audit_unwritten",
             "Scored calls whose audit event and drift counts could not be written (Redis down).",

@@ -13,11 +13,10 @@ from cds_service.app import create_app
 from cds_service.redis_server import EmbeddedRedis, free_port
 from cds_service.settings import Settings, TrustedIssuer
 
-from support import Caller, EhrKey, FhirTestServer, LiveApi
+from support import TEST_PSEUDONYM_KEY, Caller, EhrKey, FhirTestServer, LiveApi
 
 ES_ISSUER = "https://ehr.test/es384"
 RS_ISSUER = "https://ehr.test/rs384"
-TEST_PSEUDONYM_KEY = "test-pseudonymisation-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,10 @@ CDS_EXAMPLES = SHARED / "cds-hooks"
 SHARED_MISSING = f"the shared CDS Hooks examples are not at {CDS_EXAMPLES}"
 
 
+#: the pseudonym key of every API the tests start (support, so that any test module can import it)
+TEST_PSEUDONYM_KEY = "test-pseudonymisation-key-0123456789abcdef"
+
+
 def patient_view_request() -> dict[str, Any]:
     """A minimal valid patient-view call: a Patient and an empty vitals search."""
     return {
@@ -51,6 +55,7 @@ class LiveApi:
     """The API under a real uvicorn on a free loopback port, in a background thread."""
 
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
+        self.app = app
         self.port = port or free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on"

@@ -41,7 +41,7 @@ from cds_service.sepsis.assess import band_of, feature_rows
 from cds_service.sepsis.assessment import RiskBand
 from cds_service.sepsis.stay import icu_stay
 from cds_service.settings import WorkerSettings
-from cds_service.store.patients import PatientCache, StayContext
+from cds_service.store.patients import CachedPatient, PatientCache, StayContext
 from cds_service.store.timeline import TimelineStore
 from fhir_adapters.client import FhirClient
 from fhir_adapters.errors import FhirBadResponse
@@ -206,6 +206,7 @@ class Refresher:
                 model=model,
                 was_above=cached.above,
                 deployment=deployment,
+                countable=self._countable(cached, context, now),
             )
             await self._record(
                 deployment,
@@ -220,11 +221,16 @@ class Refresher:
         if self._recorder is None:
             return
         shadow = deployment.shadow
-        pairs = [
-            ShadowPair(b.model, shadow, b.rows, b.scores, shadow.predict(b.rows))
-            for b in batches
-            if shadow is not None and shadow.version != b.model.version and len(b.rows)
-        ]
+        pairs = []
+        for b in batches:
+            if shadow is None or shadow.version == b.model.version or not len(b.rows):
+                continue
+            try:
+                shadow_scores = shadow.predict(b.rows)
+            except Exception as exc:  # the shadow must never cost the shown scores
+                log.warning("shadow %s failed (%s)", shadow.version, type(exc).__name__)
+                continue
+            pairs.append(ShadowPair(b.model, shadow, b.rows, b.scores, shadow_scores, b.patients))
         await self._recorder.record(batches, now, pairs)
 
     def _features(self, window: list[Any], context: StayContext, now: datetime) -> Any:
@@ -250,8 +256,10 @@ class Refresher:
         model: LoadedModel,
         was_above: bool,
         deployment: Deployment,
+        countable: bool = True,
     ) -> tuple[bool, bool]:
-        """Save the score; write back on a crossing. Returns (a new alert, written back)."""
+        """Save the score; write back on a crossing. Returns (a new alert, written back); a
+        crossing that is not ``countable`` (see :meth:`_countable`) is no new alert."""
         above = band_of(risk, model) is RiskBand.HIGH
         crossed = above != was_above
         write = crossed and self._settings.writeback and deployment.cards_off(WRITEBACK) is None
@@ -262,7 +270,20 @@ class Refresher:
             search = {"identifier": resource["identifier"][0]["system"] + "|" + p}
             await self._fhir(lambda c: c.conditional_update(resource, search))
         await self._cache.save_score(p, risk, model.version, above if crossed else None)
-        return crossed and above, write
+        return crossed and above and countable, write
+
+    def _countable(self, cached: CachedPatient, context: StayContext, now: datetime) -> bool:
+        """Whether this patient's crossing now counts as a new alert for the drift monitor.
+
+        A patient first scored mid-stay (the service or its cache just started, a transfer in)
+        and already above the level crossed before the service saw them; counting it would read
+        as a burst of alerts after every start (twice the validation rate in the simulation).
+        A stay that began within the last rescoring interval and an hour is a new admission:
+        its first hour counts, as training counts a stay's first positive hour."""
+        if cached.scored:
+            return True
+        recent = timedelta(seconds=self._settings.rescore_interval_s) + timedelta(hours=1)
+        return now - context.icu_start_time <= recent
 
     async def rescore(self, now: float | None = None) -> int:
         """Score every census patient's cached vector, one batch per shown version; returns the
@@ -281,6 +302,7 @@ class Refresher:
             if model is not None:
                 groups.setdefault(model.version, (model, []))[1].append(p)
         hours_each = self._settings.rescore_interval_s / 3600
+        scored_at = datetime.fromtimestamp(now, UTC)
         batches = []
         for model, pseudonyms in groups.values():
             rows = np.vstack([vectors[p] for p in pseudonyms])
@@ -297,6 +319,7 @@ class Refresher:
                         model=model,
                         was_above=cached.above,
                         deployment=deployment,
+                        countable=self._countable(cached, cached.context, scored_at),
                     )
                     alerts += alerted
             batches.append(
@@ -309,5 +332,5 @@ class Refresher:
                     patients=tuple(pseudonyms),
                 )
             )
-        await self._record(deployment, batches, datetime.fromtimestamp(now, UTC))
+        await self._record(deployment, batches, scored_at)
         return sum(len(b.rows) for b in batches)

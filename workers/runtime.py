@@ -119,6 +119,9 @@ class WorkerRuntime:
         except DependencyUnavailable:
             log.warning("lifecycle state unreadable; keeping %s", self.models.deployment.revision)
             return
+        except Exception as exc:  # a bad state must not fail every task
+            log.error("lifecycle state not applied (%s)", type(exc).__name__)
+            return
         self._polled = time.monotonic()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:

@@ -133,18 +133,27 @@ class LiveStats:
             pipe.pfadd(f"{key}:stays", *patients)
             pipe.pexpire(f"{key}:stays", ttl)
 
-    async def record(
+    async def record(  # noqa: PLR0917 - the counts of one batch, in their natural order
         self,
         rows: npt.NDArray[np.floating],
         scores: npt.NDArray[np.floating],
         alerts: int,
         patient_hours: float,
         now: datetime,
+        patients: Sequence[str] = (),
     ) -> None:
         """Add a scored batch to the bucket of ``now`` in one round trip (see :meth:`add_to`).
         Raises :class:`DependencyUnavailable` when Redis fails."""
         pipe = self._redis.pipeline(transaction=True)
-        self.add_to(pipe, rows, scores=scores, alerts=alerts, patient_hours=patient_hours, now=now)
+        self.add_to(
+            pipe,
+            rows,
+            scores=scores,
+            alerts=alerts,
+            patient_hours=patient_hours,
+            now=now,
+            patients=patients,
+        )
         try:
             await pipe.execute()
         except RedisError as exc:
@@ -167,7 +176,8 @@ class LiveStats:
         except RedisError as exc:
             raise DependencyUnavailable("drift counts are unavailable: Redis unavailable") from exc
         counts = self._sum(buckets)
-        return replace(counts, stays=int(stays) if stays else None)
+        # 0 when no batch carried pseudonyms: then no distribution is judged (min_stays)
+        return replace(counts, stays=int(stays))
 
     def _sum(self, buckets: list[dict[bytes, bytes]]) -> WindowCounts:
         features = self.reference.features

@@ -51,6 +51,11 @@ class Deployment:
     def revision(self) -> int:
         return self.state.revision if self.state else -1
 
+    @property
+    def identity(self) -> tuple[str, int]:
+        """(lineage, revision): revisions restart when Redis loses the state, lineages do not."""
+        return (self.state.lineage, self.state.revision) if self.state else ("", -1)
+
     def shown(self, pseudonym: str) -> tuple[LoadedModel | None, ShownRole]:
         """The model whose cards this patient gets, and in which role."""
         canary, state = self.canary, self.state
@@ -80,6 +85,8 @@ class ModelHolder:
     deployment: Deployment = field(default_factory=Deployment)
     #: why the last load of the active version failed, for /readyz (a fixed label)
     last_refusal: str | None = None
+    #: the shared state has been read at least once (a process is not ready before)
+    followed: bool = False
 
     @property
     def current(self) -> LoadedModel | None:
@@ -136,11 +143,10 @@ class ModelHolder:
         elif active is not None:
             self.last_refusal = None
         else:
-            kept = self.deployment.active
-            log.error(
-                "keeping %s: the active version does not load", kept.version if kept else "none"
-            )
-            active = kept
+            # Fail closed: keeping the model that ran before would show cards from a version the
+            # state no longer names (after a rollback, the very one withdrawn). No sepsis card
+            # from this process, and /readyz not ready, until the named version loads.
+            log.error("the active version %s does not load here: no sepsis cards", state.active)
         deployment = Deployment(
             state=state,
             active=active,
@@ -149,12 +155,17 @@ class ModelHolder:
         )
         self.deployment = deployment
         self.metrics.lifecycle_revision.set(state.revision)
+        named = (state.active, state.shadow, state.canary)
+        running = (deployment.active, deployment.shadow, deployment.canary)
+        applied = all((v is None) == (m is None) for v, m in zip(named, running, strict=True))
+        self.metrics.lifecycle_applied.set(1 if applied else 0)
         return deployment
 
 
 async def poll(holder: ModelHolder, store: LifecycleStore) -> bool:
     """Read the shared state once; apply it when its revision changed. True when it did."""
     state = await store.read()
+    holder.followed = True
     if state is None:
         # No stored state (never changed, or Redis lost its data): run what any process
         # starting now would run, the manifest's active version, so that all processes agree.
@@ -162,7 +173,7 @@ async def poll(holder: ModelHolder, store: LifecycleStore) -> bool:
             return False
         await asyncio.to_thread(holder.load_active)
         return True
-    if state.revision == holder.deployment.revision:
+    if (state.lineage, state.revision) == holder.deployment.identity:
         return False
     await asyncio.to_thread(holder.apply, state)
     return True
@@ -177,4 +188,6 @@ async def follow(holder: ModelHolder, store: LifecycleStore, interval_s: float) 
             log.warning(
                 "lifecycle state unreadable; keeping revision %s", holder.deployment.revision
             )
+        except Exception as exc:  # this loop must outlive any one bad read
+            log.error("lifecycle state not applied (%s); retrying", type(exc).__name__)
         await asyncio.sleep(interval_s)

@@ -26,12 +26,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from cds_service.drift.live import LiveStats, report
 from cds_service.drift.statistics import DriftReport, Level, Reference, Verdict, classify
 from cds_service.errors import DependencyUnavailable
-from cds_service.inference.registry import verified_reference
+from cds_service.inference.registry import ModelRefused, verified_reference
 from cds_service.lifecycle.audit import LIFECYCLE_STREAM, AuditTrail, LifecycleEvent
 from cds_service.lifecycle.operations import Operations
 from cds_service.lifecycle.policy import DriftPolicy
@@ -41,6 +41,8 @@ from cds_service.lifecycle.state import LifecycleRefused
 log = logging.getLogger(__name__)
 
 ACTOR = "drift-monitor"
+LOCK_KEY = "cds:drift-monitor:lock"
+LOCK_TIMEOUT_S = 120
 HISTORY_PREFIX = "cds:drift-history"
 HISTORY_LENGTH = 500
 _ORDER: dict[Level, int] = {"ok": 0, "warn": 1, "act": 2}
@@ -179,6 +181,23 @@ class DriftMonitor:
         return None if previous is None else DriftSnapshot.model_validate_json(previous)
 
     async def check(self, now: datetime) -> CheckResult:
+        """One run. Overlapping runs (a backlog, a retry) would judge the same window twice and
+        could act twice: a Redis lock lets one run at a time, the others return empty."""
+        lock = self._redis.lock(LOCK_KEY, timeout=LOCK_TIMEOUT_S, blocking=False)
+        try:
+            if not await lock.acquire():
+                return CheckResult(snapshots=[], actions=[])
+        except RedisError as exc:
+            raise DependencyUnavailable("drift monitor lock: Redis unavailable") from exc
+        try:
+            return await self._check(now)
+        finally:
+            try:
+                await lock.release()
+            except (RedisError, LockError):
+                log.warning("drift monitor lock expired before the run ended")
+
+    async def _check(self, now: datetime) -> CheckResult:
         state = await self._ops.state()
         judged: list[tuple[str, str, DriftReport, Verdict]] = []
         snapshots: list[DriftSnapshot] = []
@@ -186,7 +205,12 @@ class DriftMonitor:
         for role, version in (("active", state.active), ("canary", state.canary)):
             if version is None:
                 continue
-            figures, verdict = await self.figures(version, now)
+            try:
+                figures, verdict = await self.figures(version, now)
+            except (ModelRefused, KeyError, ValueError) as exc:
+                # One version whose reference cannot be read must not blind the others.
+                log.error("drift check of %s skipped: %s", version, type(exc).__name__)
+                continue
             snap = snapshot(version, role, figures, verdict, now)
             previous = await self._keep(snap)
             snapshots.append(snap)
@@ -225,47 +249,84 @@ class DriftMonitor:
         has_previous: bool,
         now: datetime,
     ) -> LifecycleEvent | None:
-        window = self._policy.window_hours
         try:
-            for role, version, figures, verdict in judged:
-                if verdict.inputs == "act":
-                    if stopped:
-                        return None
-                    names = ", ".join(n for n, lv in verdict.features.items() if lv == "act")
-                    _, event = await self._ops.stop(
-                        ACTOR,
-                        f"inputs out of bounds for {version} ({role}): {names}; every version "
-                        "would see them, so the cards are stopped instead of rolled back",
-                        now,
-                        event_figures(figures, verdict, window),
-                    )
-                    log.error("sepsis cards stopped by the drift monitor: inputs broke (%s)", names)
-                    return event
-            for role, version, figures, verdict in judged:
-                if verdict.behaviour != "act":
-                    continue
-                what = _behaviour(verdict)
-                details = event_figures(figures, verdict, window)
-                if role == "canary":
-                    _, event = await self._ops.withdraw_canary(
-                        ACTOR, f"canary {version}: {what} at the act level", now, details
-                    )
-                elif has_previous:
-                    _, event = await self._ops.rollback(
-                        ACTOR, f"{version}: {what} at the act level while its inputs hold", now,
-                        details | {"rolled_back_from": version},
-                    )  # fmt: skip
-                elif stopped:
-                    return None
-                else:
-                    _, event = await self._ops.stop(
-                        ACTOR, f"{version}: {what} at the act level and no earlier version", now,
-                        details,
-                    )  # fmt: skip
-                log.error("drift monitor: %s (%s)", event.action, event.reason)
-                return event
+            event = await self._on_inputs(judged, stopped, now)
+            if event is None:
+                event = await self._on_behaviour(judged, stopped, has_previous, now)
         except LifecycleRefused as refused:
             log.warning("drift monitor could not act: %s", refused)
+            return None
+        if event is not None:
+            log.error("drift monitor: %s (%s)", event.action, event.reason)
+        return event
+
+    async def _on_inputs(
+        self, judged: list[tuple[str, str, DriftReport, Verdict]], stopped: bool, now: datetime
+    ) -> LifecycleEvent | None:
+        window = self._policy.window_hours
+        active_inputs = any(r == "active" and v.inputs == "act" for r, _, _, v in judged)
+        for role, version, figures, verdict in judged:
+            if verdict.inputs != "act":
+                continue
+            details = event_figures(figures, verdict, window)
+            if role == "canary" and not active_inputs:
+                # Only the canary's inputs look wrong: its own reference (another training
+                # population) is the likelier cause than the feed; the active one is fine.
+                _, event = await self._ops.withdraw_canary(
+                    ACTOR, f"canary {version}: its inputs are out of its reference's bounds",
+                    now, details, expected=version,
+                )  # fmt: skip
+                return event
+            if stopped:
+                return None
+            names = ", ".join(n for n, lv in verdict.features.items() if lv == "act")
+            _, event = await self._ops.stop(
+                ACTOR,
+                f"inputs out of bounds for {version} ({role}): {names}; every version "
+                "would see them, so the cards are stopped instead of rolled back",
+                now,
+                details,
+            )
+            return event
+        return None
+
+    async def _on_behaviour(
+        self,
+        judged: list[tuple[str, str, DriftReport, Verdict]],
+        stopped: bool,
+        has_previous: bool,
+        now: datetime,
+    ) -> LifecycleEvent | None:
+        for role, version, figures, verdict in judged:
+            if verdict.behaviour != "act":
+                continue
+            what = _behaviour(verdict)
+            details = event_figures(figures, verdict, self._policy.window_hours)
+            if role == "canary":
+                _, event = await self._ops.withdraw_canary(
+                    ACTOR, f"canary {version}: {what} at the act level", now, details,
+                    expected=version,
+                )  # fmt: skip
+                return event
+            if has_previous:
+                try:
+                    _, event = await self._ops.rollback(
+                        ACTOR, f"{version}: {what} at the act level while its inputs hold",
+                        now, details | {"rolled_back_from": version}, expected=version,
+                    )  # fmt: skip
+                    return event
+                except LifecycleRefused as refused:
+                    if refused.event is None:  # no longer active: nothing left to act on
+                        raise
+                    why = f"the previous version cannot be restored ({refused})"
+            else:
+                why = "no earlier version"
+            if stopped:
+                return None
+            _, event = await self._ops.stop(
+                ACTOR, f"{version}: {what} at the act level and {why}", now, details
+            )
+            return event
         return None
 
 

@@ -163,9 +163,32 @@ class Operations:
         return gate
 
     async def rollback(
-        self, actor: str, reason: str, now: datetime, figures: dict[str, Any] | None = None
+        self,
+        actor: str,
+        reason: str,
+        now: datetime,
+        figures: dict[str, Any] | None = None,
+        expected: str | None = None,
     ) -> tuple[DeploymentState, LifecycleEvent]:
+        """Back to the previous active version, if it still loads. ``expected``: only if that
+        version is still the active one (the drift monitor judged it; a change since then must
+        not be undone)."""
+        current = await self.state()
+        if current.previous:
+            target = current.previous[-1]
+            try:
+                await asyncio.to_thread(load_version, self._root, target, self._device)
+            except ModelRefused as exc:
+                event = self._event(
+                    "rollback-refused", actor, reason, now, version=target,
+                    figures={"refused": f"does not load: {exc}", **(figures or {})},
+                )  # fmt: skip
+                await self._audit.append(LIFECYCLE_STREAM, event, now)
+                raise LifecycleRefused(f"{target} does not load: {exc}", event) from exc
+
         def mutate(state: DeploymentState) -> LifecycleEvent:
+            if expected is not None and state.active != expected:
+                raise LifecycleRefused(f"{expected} is no longer active")
             if not state.previous:
                 event = self._event(
                     "rollback-refused", actor, reason, now, version=state.active,
@@ -184,11 +207,18 @@ class Operations:
         return await self._change(mutate, now)
 
     async def withdraw_canary(
-        self, actor: str, reason: str, now: datetime, figures: dict[str, Any] | None = None
+        self,
+        actor: str,
+        reason: str,
+        now: datetime,
+        figures: dict[str, Any] | None = None,
+        expected: str | None = None,
     ) -> tuple[DeploymentState, LifecycleEvent]:
         def mutate(state: DeploymentState) -> LifecycleEvent:
             if state.canary is None:
                 raise LifecycleRefused("no canary version")
+            if expected is not None and state.canary != expected:
+                raise LifecycleRefused(f"{expected} is no longer the canary")
             version, state.canary = state.canary, None
             state.withdrawn.append(version)
             return self._event(

@@ -46,6 +46,7 @@ class ShadowPair:
     rows: npt.NDArray[np.float32]
     shown_scores: npt.NDArray[np.float64]
     shadow_scores: npt.NDArray[np.float64]
+    patients: tuple[str, ...] = ()
 
 
 class ScoreRecorder:
@@ -77,7 +78,21 @@ class ScoreRecorder:
         shadow: list[ShadowPair] | None = None,
         calls: list[BaseModel] | None = None,
     ) -> bool:
-        """Write it all; False (counted, logged) when Redis fails: scoring goes on without it."""
+        """Write it all; False (counted, logged) when it cannot: scoring goes on without it."""
+        try:
+            return await self._record(batches, now, shadow or [], calls or [])
+        except Exception as exc:  # drift counts and audit never decide what a clinician sees
+            self._metrics.audit_unwritten.inc()
+            log.error("drift counts and audit events not written (%s)", type(exc).__name__)
+            return False
+
+    async def _record(
+        self,
+        batches: list[ScoredBatch],
+        now: datetime,
+        shadow: list[ShadowPair],
+        calls: list[BaseModel],
+    ) -> bool:
         pipe = self._redis.pipeline(transaction=False)
         for batch in batches:
             if len(batch.rows):
@@ -90,11 +105,17 @@ class ScoreRecorder:
                     now=now,
                     patients=batch.patients,
                 )
-        for pair in shadow or []:
+        for pair in shadow:
             # The shadow's own counts (no alerts or patient time: its cards are never shown)
             # give it a drift history before it is promoted.
             self.live(pair.shadow).add_to(
-                pipe, pair.rows, scores=pair.shadow_scores, alerts=0, patient_hours=0.0, now=now
+                pipe,
+                pair.rows,
+                scores=pair.shadow_scores,
+                alerts=0,
+                patient_hours=0.0,
+                now=now,
+                patients=pair.patients,
             )
             self._shadow.add_to(
                 pipe,
@@ -106,7 +127,7 @@ class ScoreRecorder:
                 shadow_level=pair.shadow.entry.operating_points.utility_optimal,
                 now=now,
             )
-        for event in calls or []:
+        for event in calls:
             self._audit.add(pipe, CALLS_STREAM, event, now)
         try:
             await pipe.execute()

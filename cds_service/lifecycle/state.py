@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from uuid import uuid4
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
@@ -37,6 +38,9 @@ class Stop(BaseModel):
 
 class DeploymentState(BaseModel):
     model: str
+    lineage: str = Field(
+        default="", description="random id of this history: revisions restart if Redis loses it"
+    )
     revision: int = 0
     active: str | None
     previous: list[str] = Field(
@@ -105,6 +109,8 @@ class LifecycleStore:
                     raw = await pipe.get(self.key)
                     current = seed if raw is None else DeploymentState.model_validate_json(raw)
                     state = current.model_copy(deep=True)
+                    if raw is None:
+                        state.lineage = uuid4().hex
                     event = mutate(state)
                     state.revision = current.revision + 1
                     state.changed = now

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from cds_service.catalogue import SERVICES
 from cds_service.drift.statistics import DriftReport, Verdict
-from cds_service.inference.registry import Manifest
+from cds_service.inference.registry import Manifest, ModelRefused
 from cds_service.lifecycle.audit import LIFECYCLE_STREAM, AuditTrail
 from cds_service.lifecycle.gates import VALIDATION, check_gates
 from cds_service.lifecycle.monitor import DriftMonitor, DriftSnapshot
@@ -109,9 +109,11 @@ async def monitor_view(
     for version in (state.active, state.canary):
         if version is None:
             continue
-        history = await monitor.history(version)
-        drift[version] = history
-        figures, verdict = await monitor.figures(version, now)
+        drift[version] = await monitor.history(version)
+        try:
+            figures, verdict = await monitor.figures(version, now)
+        except (ModelRefused, KeyError, ValueError):  # no readable reference: no figures
+            continue
         features[version] = feature_figures(figures, verdict)
     recent = await audit.recent(LIFECYCLE_STREAM, 30)
     report = await shadow_report(shadow, state, policy.drift.window_hours, now)

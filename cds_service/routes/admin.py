@@ -10,15 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cds_service.deps import Components, ComponentsDep
+from cds_service.deps import ComponentsDep
 from cds_service.errors import Conflict, NotFound
 from cds_service.inference.registry import ModelRefused, verified_card
 from cds_service.lifecycle.audit import CALLS_STREAM, LIFECYCLE_STREAM, LifecycleEvent, durability
-from cds_service.lifecycle.monitor import DriftMonitor
 from cds_service.lifecycle.monitor_page import render_monitor
 from cds_service.lifecycle.recorder import COUNTS_RETENTION
 from cds_service.lifecycle.shadow import ShadowStats
@@ -31,8 +30,10 @@ router = APIRouter(prefix="/admin")
 _PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
-async def _actor(c: ComponentsDep, authorization: Annotated[str | None, Header()] = None) -> str:
-    return c.admins.actor(authorization)
+async def _actor(
+    request: Request, c: ComponentsDep, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    return c.admins.actor(authorization, request.method)
 
 
 ActorDep = Annotated[str, Depends(_actor)]
@@ -68,12 +69,6 @@ def _changed(state: DeploymentState, event: LifecycleEvent) -> JsonResponse:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _monitor(c: Components) -> DriftMonitor:
-    return DriftMonitor(
-        c.redis, c.operations, c.audit, c.operations.root, c.operations.policy.drift
-    )
 
 
 @router.get("/state")
@@ -178,13 +173,17 @@ async def audit(
 @router.get("/drift")
 async def drift(c: ComponentsDep, _: ActorDep) -> JsonResponse:
     current = await c.operations.state()
-    monitor = _monitor(c)
+    monitor = c.monitor
     now = _now()
     result: dict[str, Any] = {"window_hours": c.operations.policy.drift.window_hours}
     for role, version in (("active", current.active), ("canary", current.canary)):
         if version is None:
             continue
-        figures, verdict = await monitor.figures(version, now)
+        try:
+            figures, verdict = await monitor.figures(version, now)
+        except (ModelRefused, KeyError, ValueError):
+            result[role] = {"version": version, "figures": None, "why": "no readable reference"}
+            continue
         result[role] = {
             "version": version,
             "figures": figures.model_dump(exclude={"features"}),
@@ -214,7 +213,7 @@ async def monitor(c: ComponentsDep, _: ActorDep) -> HTMLResponse:
         state=await c.operations.state(),
         manifest=c.operations.manifest(),
         policy=c.operations.policy,
-        monitor=_monitor(c),
+        monitor=c.monitor,
         audit=c.audit,
         shadow=ShadowStats(c.redis, COUNTS_RETENTION),
         durable=problem is None if not (problem or "").startswith("unknown") else None,

@@ -35,6 +35,8 @@ async def readyz(c: ComponentsDep) -> JsonResponse:
         "redis": "ok" if redis_ok else "unreachable",
         "model": "ok" if model else f"not-loaded: {c.models.last_refusal or 'unknown'}",
     }
+    if not c.models.followed:
+        checks["lifecycle"] = "state-not-read"
     if redis_ok:
         problem = await durability(c.redis)
         # Outside development the audit trail must be safe before calls are scored.
@@ -46,7 +48,9 @@ async def readyz(c: ComponentsDep) -> JsonResponse:
         body["model"] = {"version": model.version, "form": model.form, "provider": model.provider}
     deployment = c.models.deployment
     body["deployment"] = {
+        "lineage": deployment.identity[0],
         "revision": deployment.revision,
+        "active": deployment.state.active if deployment.state else None,
         "shadow": deployment.shadow.version if deployment.shadow else None,
         "canary": deployment.canary.version if deployment.canary else None,
         "cards_off": {s.id: reason[0] for s in SERVICES if (reason := deployment.cards_off(s.id))},

@@ -41,8 +41,12 @@ class AdminAuth:
                 found = name
         return found
 
-    def actor(self, authorization: str | None) -> str:
-        """The admin's name, or raises (404 when the admin API is off, 401 otherwise)."""
+    def actor(self, authorization: str | None, method: str = "GET") -> str:
+        """The admin's name, or raises (404 when the admin API is off, 401 otherwise).
+
+        Basic is accepted for reading only: a browser replays cached Basic credentials on any
+        request to the origin, so a page elsewhere could POST a change (CSRF); a Bearer header
+        cannot be added cross-site without a preflight the API never grants."""
         if not self.enabled:
             raise NotFound("the admin API is not enabled (set CDS_ADMIN__TOKENS)")
         if not authorization:
@@ -51,6 +55,8 @@ class AdminAuth:
         value = value.strip()
         if scheme.lower() == "bearer" and value:
             name = self._match(value)
+        elif scheme.lower() == "basic" and value and method not in ("GET", "HEAD"):
+            raise AdminUnauthorized("changes need a Bearer token", reason="admin-basic-write")
         elif scheme.lower() == "basic" and value:
             try:
                 user, _, token = base64.b64decode(value, validate=True).decode().partition(":")

@@ -135,9 +135,14 @@ class SepsisAnswer:
         pairs: list[ShadowPair] = []
         shadow_risk = None
         if shadow is not None and shadow.version != model.version:
-            shadow_scores = await self._scorer.score(shadow, row)
-            shadow_risk = float(shadow_scores[0])
-            pairs.append(ShadowPair(model, shadow, row, scores, shadow_scores))
+            try:
+                shadow_scores = await self._scorer.score(shadow, row)
+            except Exception as exc:  # the shadow must never cost the shown card
+                self._metrics.shadow_failures.inc()
+                log.warning("shadow %s failed (%s)", shadow.version, type(exc).__name__)
+            else:
+                shadow_risk = float(shadow_scores[0])
+                pairs.append(ShadowPair(model, shadow, row, scores, shadow_scores, (pseudonym,)))
         event = CallEvent(
             at=result.now,
             kind="call",

@@ -58,6 +58,8 @@ class CachedPatient:
     watermark: datetime | None
     refreshed: float | None
     above: bool
+    #: scored before: a first score above the alert level is no crossing the service saw
+    scored: bool = False
 
 
 class PatientCache:
@@ -127,6 +129,7 @@ class PatientCache:
             else None,
             refreshed=float(refreshed) if refreshed else None,
             above=raw.get(b"above") == b"1",
+            scored=b"risk" in raw,
         )
 
     async def update_context(self, p: str, context: StayContext) -> None:

@@ -86,6 +86,11 @@ def sample_bins(
     return lo[k] + (hi[k] - lo[k]) * u
 
 
+def distinct(n: int) -> list[str]:
+    """One pseudonym per row: sampled rows are independent patients."""
+    return [f"p{i:06d}" for i in range(n)]
+
+
 def reference_rows(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores sampled from the reference quantiles and missing rates."""
     rows = np.empty((size, len(REFERENCE.features)), dtype=np.float32)
@@ -185,7 +190,7 @@ def test_reference_traffic_is_ok(harness: Harness) -> None:
     stats = harness.stats()
     rows, scores = reference_rows(np.random.default_rng(5), 5000)
     # The validation alert rate: 55.8 per 100 patient-days.
-    harness.run(stats.record(rows, scores, alerts=116, patient_hours=5000.0, now=NOW))
+    harness.run(stats.record(rows, scores, 116, 5000.0, NOW, patients=distinct(len(rows))))
     drift = report(harness.run(stats.window(24, NOW)), REFERENCE)
     verdict = classify(drift, Thresholds())
     # Nothing acts. Rare labs (bilirubin_direct: about 220 of 5000 rows present) sit near
@@ -206,8 +211,10 @@ def test_fahrenheit_labelled_celsius_breaks_the_inputs_only(harness: Harness) ->
     for name, convert in FAHRENHEIT.items():
         j = FEATURE_NAMES.index(name)
         rows[:, j] = convert(rows[:, j])
-    harness.run(stats.record(rows[:2500], scores[:2500], 58, 2500.0, NOW - timedelta(hours=5)))
-    harness.run(stats.record(rows[2500:], scores[2500:], 58, 2500.0, NOW))
+    earlier = NOW - timedelta(hours=5)
+    patients = distinct(len(rows))
+    harness.run(stats.record(rows[:2500], scores[:2500], 58, 2500.0, earlier, patients[:2500]))
+    harness.run(stats.record(rows[2500:], scores[2500:], 58, 2500.0, NOW, patients[2500:]))
     drift = report(harness.run(stats.window(24, NOW)), REFERENCE)
     verdict = classify(drift, Thresholds())
     assert drift.features["temperature_last"].psi >= 0.25
@@ -217,5 +224,18 @@ def test_fahrenheit_labelled_celsius_breaks_the_inputs_only(harness: Harness) ->
     )
     others = {name: level for name, level in verdict.features.items() if name not in FAHRENHEIT}
     assert "act" not in others.values()
-    assert max(drift.features[name].psi for name in others) < 0.1
+    assert max(drift.features[n].psi - (drift.features[n].bins - 1) / drift.features[n].n
+               for n in others if drift.features[n].n) < 0.1  # fmt: skip
     assert (verdict.inputs, verdict.behaviour) == ("act", "ok")
+
+
+def test_without_patient_sketches_no_distribution_is_judged(harness: Harness) -> None:
+    """Rows whose patients are unknown could be one patient's hours: nothing is judged."""
+    stats = harness.stats()
+    rows, scores = reference_rows(np.random.default_rng(7), 3000)
+    rows[:, FEATURE_NAMES.index("temperature_last")] = np.nan  # a silent feed
+    harness.run(stats.record(rows, scores, 30, 3000.0, NOW))
+    counts = harness.run(stats.window(24, NOW))
+    assert counts.stays == 0
+    verdict = classify(report(counts, REFERENCE), Thresholds())
+    assert verdict.inputs == "ok" and verdict.score_psi == "ok"

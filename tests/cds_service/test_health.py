@@ -54,7 +54,12 @@ def test_not_ready_without_redis_but_alive(api_without_redis: LiveApi, http: htt
     assert http.get(f"{api_without_redis.url}/healthz").status_code == 200
     ready = http.get(f"{api_without_redis.url}/readyz")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"redis": "unreachable", "model": "ok"}
+    # without Redis the shared deployment state (kill switches, stops) cannot be known either
+    assert ready.json()["checks"] == {
+        "redis": "unreachable",
+        "model": "ok",
+        "lifecycle": "state-not-read",
+    }
 
 
 def test_hook_still_answers_without_redis(

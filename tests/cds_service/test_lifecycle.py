@@ -281,8 +281,16 @@ def _change(http: httpx.Client, api: LiveApi, action: str, body: dict[str, Any])
     """POST an admin change; returns how long the API took to run the new revision."""
     response = http.post(f"{api.url}/admin/{action}", json=body, headers=ADMIN)
     assert response.status_code == 200, response.text
-    revision = response.json()["event"]["revision"]
-    return _wait_for(lambda: _revision(http, api) >= revision)
+    state = response.json()["state"]
+
+    def running() -> bool:
+        deployment = http.get(f"{api.url}/readyz").json()["deployment"]
+        return (deployment["lineage"], deployment["revision"]) == (
+            state["lineage"],
+            state["revision"],
+        )
+
+    return _wait_for(running)
 
 
 def test_the_admin_api_has_its_own_authentication(
@@ -466,3 +474,49 @@ def test_the_cli_runs_as_a_command(lifecycle_api: LiveApi) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "revision" in json.loads(result.stdout)["state"]
+
+
+def test_basic_credentials_may_read_but_never_change(
+    lifecycle_api: LiveApi, clean: redis.Redis, http: httpx.Client
+) -> None:
+    """A browser replays cached Basic credentials cross-site: changes need a Bearer token."""
+    basic = {"Authorization": "Basic " + base64.b64encode(f"alice:{ADMIN_TOKEN}".encode()).decode()}
+    kill = {"service": "sepsis-patient-view", "reason": "forged by another page"}
+    refused = http.post(f"{lifecycle_api.url}/admin/kill", json=kill, headers=basic)
+    assert refused.status_code == 401 and "Bearer" in refused.text
+    assert http.get(f"{lifecycle_api.url}/admin/monitor", headers=basic).status_code == 200
+    assert clean.get("cds:lifecycle:sepsis") is None  # nothing changed
+
+
+def test_a_new_history_after_redis_lost_the_state_is_followed(
+    lifecycle_api: LiveApi, clean: redis.Redis, http: httpx.Client
+) -> None:
+    """Revisions restart at 1 when the state is lost; the lineage tells the two apart."""
+    kill = {"service": "deterioration-patient-view", "reason": "first history"}
+    _change(http, lifecycle_api, "kill", kill)
+    clean.delete("cds:lifecycle:sepsis")
+    _change(http, lifecycle_api, "kill", {"service": "sepsis-order-sign", "reason": "new history"})
+    off = http.get(f"{lifecycle_api.url}/readyz").json()["deployment"]["cards_off"]
+    assert off == {"sepsis-order-sign": "killed"}
+
+
+def test_a_failing_shadow_never_costs_the_shown_card(
+    lifecycle_api: LiveApi, on_own: Caller, clean: redis.Redis, http: httpx.Client,
+    high: SepsisCase, root: Path,
+) -> None:  # fmt: skip
+    _change(
+        http,
+        lifecycle_api,
+        "promote",
+        {"version": "sepsis-gbdt-A-1", "to": "shadow", "reason": "compare"},
+    )
+    holder: ModelHolder = lifecycle_api.app.state.components.models
+    shadow = holder.deployment.shadow
+    assert shadow is not None
+
+    class Broken:
+        def run(self, *_: object) -> object:
+            raise RuntimeError("CUDA out of memory")
+
+    object.__setattr__(shadow, "session", Broken())
+    assert _card_versions(on_own, high, ["shadow-broken"]) == ["sepsis-gbdt-AB-1"]

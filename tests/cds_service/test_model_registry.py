@@ -68,7 +68,9 @@ def test_predict_applies_the_platt_calibration() -> None:
     assert not np.allclose(model.predict(rows), raw)
 
 
-def test_a_tampered_model_file_is_refused_and_the_previous_model_kept(registry: Path) -> None:
+def test_a_tampered_active_version_is_refused_and_nothing_else_is_shown(registry: Path) -> None:
+    """Fail closed: the model that ran before is not the version now named active (after a
+    rollback it would be the withdrawn one), so no model serves until the named one loads."""
     holder = ModelHolder(registry, "cpu", Metrics())
     first = holder.load_active()
     assert first is not None
@@ -80,7 +82,11 @@ def test_a_tampered_model_file_is_refused_and_the_previous_model_kept(registry: 
     _write_manifest(registry, manifest)
     assert holder.load_active() is None
     assert holder.last_refusal == "sha256-mismatch"
-    assert holder.current is first
+    assert holder.current is None
+    manifest["active"] = first.version  # the named version loads again: it serves again
+    _write_manifest(registry, manifest)
+    again = holder.load_active()
+    assert again is not None and again.version == first.version
 
 
 def test_a_model_trained_on_other_features_is_refused(registry: Path) -> None:
