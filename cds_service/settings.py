@@ -320,6 +320,18 @@ class LifecycleSettings(BaseModel):
             "Redis's memory before raising this (the audit data is never evicted)."
         ),
     )
+    archive_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Where `python -m cds_service.audit_archive` appends the audit streams as daily JSONL "
+            "files (a volume kept with the hospital's backups): the long-term audit trail."
+        ),
+    )
+    archive_retention_days: int = Field(
+        default=3650,
+        ge=1,
+        description="How long archived audit files are kept (ten years by default: our choice).",
+    )
 
 
 class Settings(BaseSettings):
