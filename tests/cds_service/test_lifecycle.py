@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -520,3 +521,23 @@ def test_a_failing_shadow_never_costs_the_shown_card(
 
     object.__setattr__(shadow, "session", Broken())
     assert _card_versions(on_own, high, ["shadow-broken"]) == ["sepsis-gbdt-AB-1"]
+
+
+def test_a_redis_that_may_lose_the_audit_trail_makes_the_api_not_ready(
+    start_api: Callable[..., LiveApi], http: httpx.Client
+) -> None:
+    with EmbeddedRedis() as lossy:
+        client = redis.Redis.from_url(lossy.url)
+        client.config_set("appendonly", "no")
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        api = start_api(redis_url=lossy.url, sepsis={"device": "cpu"})
+        ready = http.get(f"{api.url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["audit"] == (
+            "not-durable: appendonly off, maxmemory-policy allkeys-lru"
+        )
+        assert re.search(r"^cds_audit_durable 0\.0$", http.get(f"{api.url}/metrics").text, re.M)
+        client.config_set("appendonly", "yes")
+        client.config_set("maxmemory-policy", "noeviction")
+        assert http.get(f"{api.url}/readyz").status_code == 200
+        client.close()
