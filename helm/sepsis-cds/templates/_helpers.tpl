@@ -128,6 +128,14 @@ given, else the tag, else the default tag. A missing tag or `latest` fails the r
 {{- printf "%s/policy.toml" (include "sepsis-cds.lifecycleDir" .) -}}
 {{- end -}}
 
+{{/* Where the audit archive's volume is mounted: CDS_LIFECYCLE__ARCHIVE_DIR. */}}
+{{- define "sepsis-cds.auditArchiveDir" -}}/var/lib/cds/audit{{- end -}}
+
+{{/* The audit archive's claim: the hospital's own (existingClaim), else the chart's. */}}
+{{- define "sepsis-cds.auditArchiveClaim" -}}
+{{- .Values.audit.archive.persistence.existingClaim | default (printf "%s-audit-archive" (include "sepsis-cds.fullname" .)) -}}
+{{- end -}}
+
 {{/* Whether the JWKS volume exists: a JWK Set file is given or an existing Secret named. */}}
 {{- define "sepsis-cds.hasJwks" -}}
 {{- if or .Values.jwks.existingSecret .Values.jwks.files -}}true{{- end -}}
@@ -215,11 +223,7 @@ through envFrom. (dict "root" $ "worker" true) also adds the workers' own secret
 # The lifecycle policy ConfigMap, mounted by every pod that gets this environment.
 - name: CDS_LIFECYCLE__POLICY_FILE
   value: {{ include "sepsis-cds.lifecyclePolicyFile" $root | quote }}
-- name: CDS_PSEUDONYM_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "sepsis-cds.secretName" $root }}
-      key: {{ $v.secrets.keys.pseudonymKey }}
+{{ include "sepsis-cds.pseudonymKeyEnv" $root }}
 {{- if or $v.secrets.existingSecret $v.secrets.identifierKey }}
 - name: CDS_WORKER__IDENTIFIER_KEY
   valueFrom:
@@ -237,27 +241,44 @@ through envFrom. (dict "root" $ "worker" true) also adds the workers' own secret
       key: {{ $v.secrets.keys.smartPrivateKeyPem }}
 {{- end }}
 {{- end }}
-{{- if $v.redis.enabled }}
+{{- include "sepsis-cds.redisEnv" $root }}
+{{- end -}}
+
+{{/* CDS_PSEUDONYM_KEY from the chart's Secret (or secrets.existingSecret). */}}
+{{- define "sepsis-cds.pseudonymKeyEnv" -}}
+- name: CDS_PSEUDONYM_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sepsis-cds.secretName" . }}
+      key: {{ .Values.secrets.keys.pseudonymKey }}
+{{- end -}}
+
+{{/*
+REDIS_URL (and REDIS_PASSWORD) as every process that talks to Redis gets them: composed from the
+in-chart Redis's password Secret, or read whole from the external Redis's Secret.
+*/}}
+{{- define "sepsis-cds.redisEnv" -}}
+{{- if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "sepsis-cds.redisSecretName" $root }}
-      key: {{ $v.redis.auth.existingSecretPasswordKey }}
+      name: {{ include "sepsis-cds.redisSecretName" . }}
+      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
 # Kubernetes expands $(REDIS_PASSWORD) when the container starts; the URL is in no object.
 - name: REDIS_URL
-  value: "redis://:$(REDIS_PASSWORD)@{{ include "sepsis-cds.redisName" $root }}:6379/0"
+  value: "redis://:$(REDIS_PASSWORD)@{{ include "sepsis-cds.redisName" . }}:6379/0"
 {{- else }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "sepsis-cds.redisExternalSecretName" $root }}
-      key: {{ $v.redis.external.urlKey }}
-{{- if $v.redis.external.passwordKey }}
+      name: {{ include "sepsis-cds.redisExternalSecretName" . }}
+      key: {{ .Values.redis.external.urlKey }}
+{{- if .Values.redis.external.passwordKey }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "sepsis-cds.redisExternalSecretName" $root }}
-      key: {{ $v.redis.external.passwordKey }}
+      name: {{ include "sepsis-cds.redisExternalSecretName" . }}
+      key: {{ .Values.redis.external.passwordKey }}
 {{- end }}
 {{- end }}
 {{- end -}}
