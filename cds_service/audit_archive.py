@@ -25,16 +25,28 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import redis
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cds_service.lifecycle.audit import CALLS_STREAM, LIFECYCLE_STREAM
-from cds_service.settings import Settings
+from cds_service.settings import LifecycleSettings
 
 log = logging.getLogger(__name__)
 
 STREAMS = {"lifecycle": LIFECYCLE_STREAM, "calls": CALLS_STREAM}
 BATCH = 1000
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP
+
+
+class ArchiveSettings(BaseSettings):
+    """The archive job's own settings: Redis and the lifecycle group, nothing else. The job
+    needs no pseudonymisation key or EHR trust, so its pod is given none."""
+
+    model_config = SettingsConfigDict(env_prefix="CDS_", env_nested_delimiter="__", extra="ignore")
+    redis_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CDS_REDIS_URL", "REDIS_URL")
+    )
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
 
 class StreamArchived(BaseModel):
@@ -176,7 +188,7 @@ def _close(handle: BinaryIO) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+    settings = ArchiveSettings()
     lifecycle = settings.lifecycle
     if settings.redis_url is None or lifecycle.archive_dir is None:
         log.error("set REDIS_URL and CDS_LIFECYCLE__ARCHIVE_DIR")

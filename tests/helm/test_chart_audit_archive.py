@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from chart_render import Doc, RenderError, env_of, find, render
 
-from cds_service.settings import Settings
+from cds_service.audit_archive import ArchiveSettings
 
 ARCHIVE = "sepsis-cds-audit-archive"
 ARCHIVE_DIR = "/var/lib/cds/audit"
@@ -89,9 +89,11 @@ def _set_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-def _load(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+def _load(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ArchiveSettings:
+    """The job's own settings class: it needs no pseudonymisation key, and is handed none."""
     _set_env(env, monkeypatch)
-    return Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "CDS_PSEUDONYM_KEY" not in env
+    return ArchiveSettings(_env_file=None)  # type: ignore[call-arg]
 
 
 # --- the CronJob ----------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def test_production_settings_load_from_what_the_chart_hands_the_job(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _load(_environment(render("production"), PRODUCTION_SECRETS), monkeypatch)
-    assert settings.environment == "production"
+    assert "CDS_ENVIRONMENT" in _environment(render("production"), PRODUCTION_SECRETS)
     assert settings.lifecycle.archive_dir == Path(ARCHIVE_DIR)
     assert settings.lifecycle.archive_retention_days == 3650
     # The archive's gap check reads the streams' Redis retentions from the shared ConfigMap.

@@ -307,6 +307,7 @@ ALERTS = {
     "CdsDriftWarn": ("warning", "30m", ["cds_drift_level{", "inputs|behaviour", ">= 1"]),
     "CdsAuditNotDurable": ("critical", "5m", ["cds_audit_durable{", "== 0"]),
     "CdsRedisMemoryHigh": ("warning", "15m", ["cds_redis_memory_used_ratio{", "> 0.8"]),
+    "CdsAuditArchiveFailing": ("warning", "30m", ["kube_job_status_failed{", "audit-archive"]),
 }
 
 
