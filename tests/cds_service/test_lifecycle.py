@@ -383,6 +383,17 @@ def test_kill_switch_canary_and_shadow_while_the_api_runs(
         clean.delete(key)
     assert _card_versions(on_own, high, patients) == versions
 
+    # Active, then rolled back by an admin while the API runs: everyone gets AB-1 again.
+    _change(
+        http,
+        lifecycle_api,
+        "promote",
+        {"version": "sepsis-gbdt-AB-2", "to": "active", "reason": "canary clean"},
+    )
+    assert set(_card_versions(on_own, high, ["after-promotion"])) == {"sepsis-gbdt-AB-2"}
+    _change(http, lifecycle_api, "rollback", {"reason": "clinicians report odd risks"})
+    assert _card_versions(on_own, high, ["after-rollback"]) == ["sepsis-gbdt-AB-1"]
+
 
 def test_the_shadow_scores_every_call_and_is_never_shown(
     lifecycle_api: LiveApi, on_own: Caller, clean: redis.Redis, http: httpx.Client,

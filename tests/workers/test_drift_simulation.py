@@ -389,6 +389,11 @@ def test_a_candidate_with_a_broken_alert_level_is_rolled_back(
     # previous version again.
     time.sleep(POLL_S)
     ward.hour()
+    # The monitoring page shows it: the rollback event and the drift plots over time.
+    page = http.get(f"{sim_api.url}/admin/monitor", headers=ADMIN)
+    assert page.status_code == 200
+    assert "rollback" in page.text and "drift-monitor" in page.text
+    assert page.text.count("<svg") >= 4 and BROKEN in page.text
     on_census = [m.decode() for m in db.zrange(CENSUS, 0, -1)]
     assert len(on_census) == BEDS
     assert {db.hget(f"cds:pt:{p}", "version") for p in on_census} == {ACTIVE.encode()}
