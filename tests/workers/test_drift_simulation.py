@@ -480,3 +480,59 @@ def test_temperatures_in_fahrenheit_labelled_celsius_stop_the_cards(
             "seconds_last_call_to_stop_seen": round(stopped_at - sent_at, 2),
         },
     )
+
+
+def _fio2_fraction_labelled_percent(request: dict[str, Any]) -> dict[str, Any]:
+    for bundle in ("vitals", "labs"):
+        for entry in request["prefetch"][bundle]["entry"]:
+            resource = entry["resource"]
+            if resource["code"]["coding"][0]["code"] in ("3150-0", "19994-3"):
+                resource["valueQuantity"].update(unit="%", code="%")  # 0.4 "%" for 40 %
+    return request
+
+
+def test_fio2_as_a_fraction_labelled_percent_stops_the_cards(
+    ward: Ward, db: redis.Redis, sim_api: LiveApi, http: httpx.Client, caller: Caller,
+    high: SepsisCase, replay: CensusReplay,
+) -> None:  # fmt: skip
+    """After the °F break is fixed and the cards resumed, the second unit error of the issue."""
+    resumed = http.post(
+        f"{sim_api.url}/admin/resume", json={"reason": "temperature feed fixed"}, headers=ADMIN
+    )
+    assert resumed.status_code == 200, resumed.text
+    _wait(lambda: not http.get(f"{sim_api.url}/readyz").json()["deployment"]["cards_off"], 10)
+    for key in db.scan_iter(f"cds:drift:{ACTIVE}:*"):  # a fresh window, as above
+        db.delete(key)
+    assert _card_version(caller, high, "after-resume") == ACTIVE
+    stops = len([e for e in _events(db) if e["action"] == "stop"])
+    rng = random.Random(4)  # noqa: S311 - a reproducible sample
+    stays = [bed.current.patient for bed in replay.beds]
+    calls = 0
+    while len([e for e in _events(db) if e["action"] == "stop"]) == stops and calls < 600:
+        patient = rng.choice(stays)
+        hours = rng.randrange(1, len(patient.iculos) + 1)
+        cut = replace(
+            patient, iculos=patient.iculos[:hours], values=patient.values[:hours],
+            labels=patient.labels[:hours],
+        )  # fmt: skip
+        request = _fio2_fraction_labelled_percent(hook_request(SepsisCase(cut, 0.0)))
+        assert caller.post(PATIENT_VIEW, request).status_code == 200
+        calls += 1
+    _wait(lambda: len([e for e in _events(db) if e["action"] == "stop"]) > stops)
+    event = [e for e in _events(db) if e["action"] == "stop"][-1]
+    flagged = event["figures"]["features"]
+    assert event["figures"]["inputs"] == "act"
+    assert any(name.startswith("fio2") for name in flagged), flagged
+    _wait(
+        lambda: (
+            "sepsis-patient-view"
+            in http.get(f"{sim_api.url}/readyz").json()["deployment"]["cards_off"]
+        ),
+        10,
+    )
+    assert _card_version(caller, high, "after-fio2-break") is None
+    fio2 = {k: v for k, v in flagged.items() if k.startswith("fio2")}
+    _save(
+        "4-fio2-fraction-as-percent-stopped",
+        {"hook_calls": calls, "stop_event_figures": event["figures"] | {"fio2_features": fio2}},
+    )
