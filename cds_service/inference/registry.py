@@ -3,7 +3,8 @@
 A version is used only when every file the service reads (the ONNX form it will run, the model
 card, the reference statistics) has the sha256 the manifest records, and when its feature list is
 the one ``cds_service.features`` computes: a model trained on another feature definition would
-score silently wrong inputs. A refused version leaves the model in use unchanged.
+score silently wrong inputs. A refused version is never run in its place by another one
+(``cds_service.lifecycle.follower``: fail closed).
 
 The form follows the device: the GEMM form on the CUDA provider when a GPU session loads (ORT's
 TreeEnsemble operator has no CUDA kernel), the tree-ensemble form on the CPU otherwise.

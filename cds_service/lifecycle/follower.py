@@ -2,8 +2,10 @@
 
 ``ModelHolder.deployment`` is an immutable snapshot (active, shadow and canary models, stops,
 kill switches); readers take it once per call or batch, so a change never mixes two states in one
-answer. ``apply`` loads only verified versions and keeps the running active model when the state
-names one that does not load, so a bad file never leaves a process without a model.
+answer. ``apply`` loads only verified versions. When the state names an active version that does not
+load here, the process runs no active model (no sepsis card, ``/readyz`` not ready) rather than
+the one it ran before, which after a rollback would be the very version withdrawn; a shadow or
+canary that does not load is simply left out. ``cds_lifecycle_applied`` says which it is.
 """
 
 from __future__ import annotations
