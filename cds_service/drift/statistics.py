@@ -338,10 +338,6 @@ def worst(levels: Sequence[Level]) -> Level:
     return max(levels, key=_ORDER.__getitem__, default="ok")
 
 
-def _effective(n: int, report: DriftReport) -> float:
-    return _effective_of(n, report.rows, report.stays)
-
-
 def _above_floor(psi_value: float, bins: int, effective: float) -> float:
     return psi_value - (bins - 1) / effective if effective > 0 else 0.0
 
@@ -361,7 +357,7 @@ def classify(report: DriftReport, thresholds: Thresholds) -> Verdict:
         if report.rows < t.min_rows or stays < t.min_stays:
             missing = "ok"
         shape: list[Level] = []
-        effective = _effective(drift.n, report)
+        effective = _effective_of(drift.n, report.rows, report.stays)
         if drift.n >= t.min_rows and effective >= t.min_stays:
             psi_level = level(_above_floor(drift.psi, drift.bins, effective), t.psi_warn, t.psi_act)
             w_level = level(drift.wasserstein, t.wasserstein_warn, t.wasserstein_act)
@@ -371,7 +367,8 @@ def classify(report: DriftReport, thresholds: Thresholds) -> Verdict:
         features[name] = worst([missing, *shape])
     score: Level = "ok"
     if report.rows >= t.min_rows and stays >= t.min_stays:
-        floor = _above_floor(report.score_psi, report.score_bins, _effective(report.rows, report))
+        effective = _effective_of(report.rows, report.rows, report.stays)
+        floor = _above_floor(report.score_psi, report.score_bins, effective)
         score = level(floor, t.psi_warn, t.psi_act)
     alert: Level = "ok"
     reference = report.reference_alert_rate

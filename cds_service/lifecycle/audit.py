@@ -146,6 +146,11 @@ async def durability(redis: aioredis.Redis) -> str | None:
         memory = await redis.info("memory")
     except RedisError:
         return "unknown: Redis unavailable"
+    return durability_of(persistence, memory)
+
+
+def durability_of(persistence: dict[str, Any], memory: dict[str, Any]) -> str | None:
+    """:func:`durability` from the ``INFO persistence`` and ``INFO memory`` replies."""
     problems = []
     if int(persistence.get("aof_enabled", 0)) != 1:
         problems.append("appendonly off")

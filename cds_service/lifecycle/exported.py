@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError
 
 from cds_service.catalogue import SERVICES
-from cds_service.lifecycle.audit import CALLS_STREAM, LIFECYCLE_STREAM, durability
+from cds_service.lifecycle.audit import CALLS_STREAM, LIFECYCLE_STREAM, durability_of
 from cds_service.lifecycle.follower import Deployment
 from cds_service.lifecycle.monitor import HISTORY_PREFIX, DriftSnapshot
 from cds_service.lifecycle.state import ACTIONS_PREFIX
@@ -47,15 +47,21 @@ async def lifecycle_registry(redis: aioredis.Redis, deployment: Deployment) -> C
     families: list[GaugeMetricFamily | CounterMetricFamily] = [off]
     state = deployment.state
     versions = [v for v in (state.active, state.canary) if v] if state else []
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(f"{ACTIONS_PREFIX}:sepsis")
+    pipe.info("persistence")
+    pipe.info("memory")
+    for stream in (LIFECYCLE_STREAM, CALLS_STREAM):
+        pipe.xlen(stream)
+    for version in versions:
+        pipe.lindex(f"{HISTORY_PREFIX}:{version}", -1)
     try:
-        actions = await redis.hgetall(f"{ACTIONS_PREFIX}:sepsis")
-        newest = [await redis.lindex(f"{HISTORY_PREFIX}:{v}", -1) for v in versions]
-        problem = await durability(redis)
-        memory = await redis.info("memory")
-        lengths = [await redis.xlen(stream) for stream in (LIFECYCLE_STREAM, CALLS_STREAM)]
+        actions, persistence, memory, *rest = await pipe.execute()
     except (RedisError, OSError):
         registry.register(_Families(families))
         return registry
+    lengths, newest = rest[:2], rest[2:]
+    problem = durability_of(persistence, memory)
     counted = CounterMetricFamily(
         "cds_lifecycle_actions", "Lifecycle changes, by action.", labels=["action"]
     )

@@ -154,13 +154,19 @@ class Operations:
         gate = check_gates(entry, self._policy.gates) if to != "shadow" else None
         if gate is not None and not gate.passed:
             raise refuse("gates failed: " + "; ".join(gate.failures), {"gates": gate.figures})
+        problem = await self._does_not_load(version, manifest)
+        if problem is not None:
+            raise refuse(problem, None)
+        return gate
+
+    async def _does_not_load(self, version: str, manifest: Manifest | None = None) -> str | None:
+        """Why ``version`` would be refused by every process (files, features), or None.
+        A state naming such a version leaves every process without a model: refuse it here."""
         try:
-            # Every process would refuse a version whose files or features do not verify, and
-            # then run another one than the state names: refuse it here instead.
             await asyncio.to_thread(load_version, self._root, version, self._device, manifest)
         except ModelRefused as exc:
-            raise refuse(f"does not load: {exc}", None) from exc
-        return gate
+            return f"does not load: {exc}"
+        return None
 
     async def rollback(
         self,
@@ -176,15 +182,14 @@ class Operations:
         current = await self.state()
         if current.previous:
             target = current.previous[-1]
-            try:
-                await asyncio.to_thread(load_version, self._root, target, self._device)
-            except ModelRefused as exc:
+            problem = await self._does_not_load(target)
+            if problem is not None:
                 event = self._event(
                     "rollback-refused", actor, reason, now, version=target,
-                    figures={"refused": f"does not load: {exc}", **(figures or {})},
+                    figures={"refused": problem, **(figures or {})},
                 )  # fmt: skip
                 await self._audit.append(LIFECYCLE_STREAM, event, now)
-                raise LifecycleRefused(f"{target} does not load: {exc}", event) from exc
+                raise LifecycleRefused(f"{target} {problem}", event)
 
         def mutate(state: DeploymentState) -> LifecycleEvent:
             if expected is not None and state.active != expected:

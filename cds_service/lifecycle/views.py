@@ -8,6 +8,7 @@ from cds_service.catalogue import SERVICES
 from cds_service.drift.statistics import DriftReport, Verdict
 from cds_service.inference.registry import Manifest, ModelRefused
 from cds_service.lifecycle.audit import LIFECYCLE_STREAM, AuditTrail
+from cds_service.lifecycle.follower import SEPSIS_SERVICE_PREFIX, Deployment
 from cds_service.lifecycle.gates import VALIDATION, check_gates
 from cds_service.lifecycle.monitor import DriftMonitor, DriftSnapshot
 from cds_service.lifecycle.monitor_page import (
@@ -49,17 +50,17 @@ def version_rows(manifest: Manifest, state: DeploymentState, policy: Policy) -> 
 
 def service_rows(state: DeploymentState) -> list[ServiceRow]:
     rows = []
+    deployment = Deployment(state=state)  # the rule the hook path applies, without models
     for service in SERVICES:
-        sepsis = service.id.startswith("sepsis-")
-        killed = state.killed.get(service.id)
-        stop = killed or (state.stopped if sepsis else None)
+        sepsis = service.id.startswith(SEPSIS_SERVICE_PREFIX)
+        off = deployment.cards_off(service.id)
         rows.append(
             ServiceRow(
                 service_id=service.id,
                 title=service.title,
-                cards="killed" if killed else "stopped" if stop else "shown",
-                why=stop.reason if stop else None,
-                since=stop.at if stop else None,
+                cards=off[0] if off else "shown",
+                why=off[1].reason if off else None,
+                since=off[1].at if off else None,
                 active=state.active if sepsis else None,
                 shadow=state.shadow if sepsis else None,
                 canary=state.canary if sepsis else None,

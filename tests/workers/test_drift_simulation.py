@@ -412,6 +412,38 @@ def test_a_candidate_with_a_broken_alert_level_is_rolled_back(
     )
 
 
+def _stops(db: redis.Redis) -> int:
+    return len([e for e in _events(db) if e["action"] == "stop"])
+
+
+def _send_until_stopped(
+    caller: Caller,
+    db: redis.Redis,
+    replay: CensusReplay,
+    break_input: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    seed: int,
+    stops: int = 0,
+) -> tuple[int, float]:
+    """Hook calls for the replay's patients, each at a random hour of its stay, with
+    ``break_input`` applied, until a new stop event appears; returns (calls, last sent)."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible sample
+    stays = [bed.current.patient for bed in replay.beds]
+    calls, sent_at = 0, time.time()
+    while _stops(db) == stops and calls < 600:
+        patient = rng.choice(stays)
+        hours = rng.randrange(1, len(patient.iculos) + 1)
+        cut = replace(
+            patient, iculos=patient.iculos[:hours], values=patient.values[:hours],
+            labels=patient.labels[:hours],
+        )  # fmt: skip
+        response = caller.post(PATIENT_VIEW, break_input(hook_request(SepsisCase(cut, 0.0))))
+        assert response.status_code == 200, response.text
+        calls += 1
+        sent_at = time.time()
+    return calls, sent_at
+
+
 def _fahrenheit_labelled_celsius(request: dict[str, Any]) -> dict[str, Any]:
     for entry in request["prefetch"]["vitals"]["entry"]:
         quantity = entry["resource"].get("valueQuantity", {})
@@ -430,22 +462,7 @@ def test_temperatures_in_fahrenheit_labelled_celsius_stop_the_cards(
     for key in db.scan_iter(f"cds:drift:{ACTIVE}:*"):
         db.delete(key)
     assert _card_version(caller, high, "before-break") == ACTIVE
-    rng = random.Random(3)  # noqa: S311 - a reproducible sample
-    stays = [bed.current.patient for bed in replay.beds]
-    calls = 0
-    sent_at = time.time()
-    while _event(db, "stop") is None and calls < 600:
-        patient = rng.choice(stays)
-        hours = rng.randrange(1, len(patient.iculos) + 1)
-        cut = replace(
-            patient, iculos=patient.iculos[:hours], values=patient.values[:hours],
-            labels=patient.labels[:hours],
-        )  # fmt: skip
-        request = _fahrenheit_labelled_celsius(hook_request(SepsisCase(cut, 0.0)))
-        response = caller.post(PATIENT_VIEW, request)
-        assert response.status_code == 200, response.text
-        calls += 1
-        sent_at = time.time()
+    calls, sent_at = _send_until_stopped(caller, db, replay, _fahrenheit_labelled_celsius, seed=3)
     stopped_at = _wait(lambda: _event(db, "stop") is not None)
     event = _event(db, "stop")
     assert event is not None and event["actor"] == "drift-monitor"
@@ -504,21 +521,11 @@ def test_fio2_as_a_fraction_labelled_percent_stops_the_cards(
     for key in db.scan_iter(f"cds:drift:{ACTIVE}:*"):  # a fresh window, as above
         db.delete(key)
     assert _card_version(caller, high, "after-resume") == ACTIVE
-    stops = len([e for e in _events(db) if e["action"] == "stop"])
-    rng = random.Random(4)  # noqa: S311 - a reproducible sample
-    stays = [bed.current.patient for bed in replay.beds]
-    calls = 0
-    while len([e for e in _events(db) if e["action"] == "stop"]) == stops and calls < 600:
-        patient = rng.choice(stays)
-        hours = rng.randrange(1, len(patient.iculos) + 1)
-        cut = replace(
-            patient, iculos=patient.iculos[:hours], values=patient.values[:hours],
-            labels=patient.labels[:hours],
-        )  # fmt: skip
-        request = _fio2_fraction_labelled_percent(hook_request(SepsisCase(cut, 0.0)))
-        assert caller.post(PATIENT_VIEW, request).status_code == 200
-        calls += 1
-    _wait(lambda: len([e for e in _events(db) if e["action"] == "stop"]) > stops)
+    stops = _stops(db)
+    calls, _ = _send_until_stopped(
+        caller, db, replay, _fio2_fraction_labelled_percent, seed=4, stops=stops
+    )
+    _wait(lambda: _stops(db) > stops)
     event = [e for e in _events(db) if e["action"] == "stop"][-1]
     flagged = event["figures"]["features"]
     assert event["figures"]["inputs"] == "act"
